@@ -78,7 +78,7 @@ def q_sample(
 
 
 def threshold_sample(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Dynamic thresholding (Imagen): clamp each sample to its |x| quantile s (1 <= s <= max) and divide by s."""
+    """Dynamic thresholding (Imagen): clamp each sample to its |x| quantile s (1 <= s <= max), divide by s."""
     dtype = x0.dtype
     flat = x0.float().reshape(x0.shape[0], -1)
     s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
@@ -112,7 +112,8 @@ def sampler_step(
     if variance_type in ("learned", "learned_range"):
         model_output, predicted_variance = torch.split(model_output, channels, dim=1)
 
-    c = coeffs.to(model_output.dtype)
+    # 0-d float32 coefficients: the result takes the tensors' dtype, as diffusers' scalar tensors give it.
+    c = coeffs
     sqrt_abar, sqrt_one_minus_abar = c[SQRT_ABAR], c[SQRT_ONE_MINUS_ABAR]
     if prediction_type == "epsilon":
         x0 = (sample - sqrt_one_minus_abar * model_output) / sqrt_abar
