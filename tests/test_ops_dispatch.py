@@ -1,0 +1,54 @@
+"""The dispatcher: FASTDDPM_BACKEND selection, quiet fallback under auto, reasons when a named backend can't serve."""
+
+import pytest
+import torch
+
+from fastddpm import ops, reference
+from fastddpm.step_table import NUM_COLUMNS
+
+
+def test_torch_backend_serves_everything_and_matches_reference(monkeypatch):
+    monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
+    x = torch.randn(3, 6, 5, 7)
+    weight, bias = torch.randn(6), torch.randn(6)
+    assert ops.backend_for("group_norm", x, 3, weight, bias, 1e-5) == "torch"
+    out = ops.group_norm(x, 3, weight, bias, 1e-5, silu=True)
+    assert torch.equal(out, reference.group_norm(x, 3, weight, bias, 1e-5, silu=True))
+
+
+def test_unknown_backend_name_raises(monkeypatch):
+    monkeypatch.setenv("FASTDDPM_BACKEND", "cudnn")
+    with pytest.raises(ValueError, match="FASTDDPM_BACKEND='cudnn'"):
+        ops.group_norm(torch.randn(1, 2, 2, 2), 1, None, None, 1e-5)
+
+
+def test_named_backend_that_cannot_serve_lists_its_reasons(monkeypatch):
+    monkeypatch.setitem(ops._loaded, "ext", "ext backend unavailable: extension not built")
+    monkeypatch.setenv("FASTDDPM_BACKEND", "ext")
+    with pytest.raises(ops.BackendUnavailable, match="ext: ext backend unavailable: extension not built"):
+        ops.attention(*(torch.randn(1, 1, 4, 8) for _ in range(3)))
+
+
+def test_auto_falls_back_quietly_to_the_first_backend_that_serves(monkeypatch):
+    monkeypatch.setitem(ops._loaded, "ext", "ext backend unavailable: extension not built")
+    monkeypatch.setenv("FASTDDPM_BACKEND", "auto")
+    q = torch.randn(2, 1, 4, 8)
+    # on CPU tensors the triton backend refuses under auto (its interpreter is for tests), so torch serves
+    assert ops.backend_for("attention", q, q, q, None) == "torch"
+    torch.testing.assert_close(ops.attention(q, q, q), reference.attention(q, q, q))
+
+
+def test_philox_noise_descriptor_is_drawn_by_the_torch_backend(monkeypatch):
+    monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
+    x = torch.randn(2, 3, 4, 5)
+    coeffs = torch.tensor([0.9, 0.4, 0.5, 0.6, 0.3, -3.0, -2.0, 1.0])
+    assert coeffs.numel() == NUM_COLUMNS
+    descriptor = ops.PhiloxNoise(seed=5, sample_offset=3, stream=2)
+    prev, _ = ops.sampler_step(x, x, coeffs, descriptor, kind="ddpm")
+    from fastddpm.noise import philox_normal
+
+    expected, _ = reference.sampler_step(x, x, coeffs, philox_normal(5, 3, 2, (3, 4, 5), 2), kind="ddpm")
+    assert torch.equal(prev, expected)
+    eps_given = torch.randn_like(x)
+    xt, eps = ops.q_sample(x, torch.tensor([3, 7]), torch.linspace(0.99, 0.1, 10), eps_given)
+    assert eps is eps_given and xt.shape == x.shape
