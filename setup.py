@@ -22,13 +22,17 @@ def _warn(message: str) -> None:
 def _cuda_wanted(cpp_extension) -> bool:
     override = os.environ.get("FASTDDPM_CUDA")
     if override is not None:
+        # FASTDDPM_CUDA=1 forces the CUDA kernels (CI: a CUDA compile error must fail the build).
         return override == "1"
     import torch
 
     if torch.version.cuda is None:
         _warn("torch has no CUDA: building the CPU kernels only")
         return False
-    if cpp_extension.CUDA_HOME is None or shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")) is None:
+    if (
+        cpp_extension.CUDA_HOME is None
+        or shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")) is None
+    ):
         _warn("nvcc not found (set CUDA_HOME): building the CPU kernels only")
         return False
     return True
@@ -49,9 +53,33 @@ def _nvidia_include_dirs() -> list[str]:
     dirs = []
     for path in sys.path:
         for candidate in glob.glob(os.path.join(path, "nvidia", "cu1*", "include")):
-            if os.path.isdir(candidate):
+            if os.path.isdir(candidate) and candidate not in dirs:
                 dirs.append(candidate)
     return dirs
+
+
+def _cpu_vector_flags() -> list[str]:
+    """AVX2 + FMA for the CPU kernels' at::vec code when the build machine has them, else portable code.
+
+    at::vec only uses 256-bit registers when CPU_CAPABILITY_AVX2 is defined and the compiler may emit AVX2;
+    without it Vectorized<float> is a plain array (the generic fallback). The extension is built where it
+    runs (pip install from source), so the build machine's flags are the ones that matter;
+    FASTDDPM_CPU_AVX2=0 builds portable code (for a binary that travels). fastddpm._C.cpu_capability records
+    the choice and backend_ext refuses the CPU kernels on a machine without AVX2.
+    """
+    wanted = os.environ.get("FASTDDPM_CPU_AVX2")
+    if wanted == "0":
+        return []
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if wanted != "1" and not {"avx2", "fma", "f16c"} <= set(flags):
+        return []
+    # Only CPU_CAPABILITY_AVX2, not CPU_CAPABILITY: the vec headers then live in their own inline namespace
+    # instead of sharing torch's at::vec::AVX2 symbols.
+    return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"]
 
 
 def _extensions():
@@ -66,25 +94,31 @@ def _extensions():
     if not cpp_sources:
         return [], {}
     os.environ.setdefault("MAX_JOBS", _max_jobs_from_memory())
-    cxx_flags = ["-O3", "-std=c++17"]
+    # No -std flag: torch.utils.cpp_extension adds the standard torch's headers need (C++20 for torch 2.14;
+    # an explicit -std=c++17 after it breaks the build).
+    cxx_flags = ["-O3"] + _cpu_vector_flags()
+    include_dirs = [os.path.join(ROOT, "csrc")]
     if _cuda_wanted(cpp_extension):
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources = cpp_sources + sorted(glob.glob(os.path.join("csrc", "*.cu")))
         extension = cpp_extension.CUDAExtension(
             "fastddpm._C",
             sources,
-            include_dirs=[os.path.join(ROOT, "csrc")] + _nvidia_include_dirs(),
+            include_dirs=include_dirs + _nvidia_include_dirs(),
             define_macros=[("FASTDDPM_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+                # No --use_fast_math: the kernels must match reference.py at float32 tolerances (1e-5), and
+                # the approximate exp/division it enables are not needed for bandwidth-bound kernels.
+                # -lineinfo lets compute-sanitizer name source lines.
+                "nvcc": ["-O3", "-lineinfo"],
             },
         )
     else:
         extension = cpp_extension.CppExtension(
             "fastddpm._C",
             cpp_sources,
-            include_dirs=[os.path.join(ROOT, "csrc")],
+            include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags},
         )
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)

@@ -57,7 +57,9 @@ class PipelineOutput:
 class Pipeline:
     """A U-Net and its noise schedule; call it to sample images."""
 
-    def __init__(self, unet: torch.nn.Module, scheduler_config: dict[str, Any] | None = None, source: str = ""):
+    def __init__(
+        self, unet: torch.nn.Module, scheduler_config: dict[str, Any] | None = None, source: str = ""
+    ):
         self.unet = unet.eval()
         self.scheduler_config = dict(scheduler_config or {})
         self.scheduler = DDPMScheduler.from_config(self.scheduler_config)
@@ -65,7 +67,9 @@ class Pipeline:
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, device=None, dtype=None, **overrides) -> Pipeline:
+    def from_pretrained(
+        cls, path: str | os.PathLike | None = None, device=None, dtype=None, **overrides
+    ) -> Pipeline:
         """Read a diffusers folder, a google/ddpm-* folder, an original DDPM checkpoint or a Hub id."""
         from .checkpoints import read_checkpoint
 
@@ -81,7 +85,9 @@ class Pipeline:
 
         unet_model = getattr(obj, "unet", obj)
         if not hasattr(unet_model, "config") or not hasattr(unet_model, "state_dict"):
-            raise TypeError(f"from_diffusers takes a diffusers pipeline or UNet2DModel, got {type(obj).__name__}")
+            raise TypeError(
+                f"from_diffusers takes a diffusers pipeline or UNet2DModel, got {type(obj).__name__}"
+            )
         scheduler = getattr(obj, "scheduler", None)
         scheduler_config = dict(scheduler.config) if scheduler is not None else {}
         return cls(UNet2D.from_diffusers(unet_model), scheduler_config, f"diffusers {type(obj).__name__}")
@@ -145,7 +151,9 @@ class Pipeline:
         noise="philox" makes image b depend only on (seed, sample_offset + b, settings): the same images for
         any batch size, device or process split. Default steps: num_train_timesteps for ddpm, 50 for ddim.
         """
-        self._check_call(batch_size, num_inference_steps, sampler, eta, noise, output_type, seed, sample_offset)
+        self._check_call(
+            batch_size, num_inference_steps, sampler, eta, noise, output_type, seed, sample_offset
+        )
         scheduler = self.make_scheduler(sampler)
         if num_inference_steps is None:
             num_inference_steps = scheduler.config.num_train_timesteps if sampler == "ddpm" else 50
@@ -184,7 +192,11 @@ class Pipeline:
         return PipelineOutput(images) if return_dict else (images,)
 
     def _step_options(self, scheduler, sampler: str, use_clipped_model_output: bool) -> dict[str, Any]:
-        options = {"kind": sampler, "prediction_type": scheduler.config.prediction_type, **scheduler._clip_options()}
+        options = {
+            "kind": sampler,
+            "prediction_type": scheduler.config.prediction_type,
+            **scheduler._clip_options(),
+        }
         if sampler == "ddpm":
             options["variance_type"] = scheduler.variance_mode()
             out_channels = self.config.get("out_channels", self.config["in_channels"])
@@ -215,7 +227,9 @@ class Pipeline:
         if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
             raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         if not (isinstance(sample_offset, int) and 0 <= sample_offset < 2**32 - batch_size):
-            raise ValueError(f"sample_offset must be an integer in [0, 2**32 - batch_size), got {sample_offset!r}")
+            raise ValueError(
+                f"sample_offset must be an integer in [0, 2**32 - batch_size), got {sample_offset!r}"
+            )
 
 
 def to_output(x: torch.Tensor, output_type: str):

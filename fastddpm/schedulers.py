@@ -123,7 +123,9 @@ class _Scheduler:
             config.setdefault("prediction_type", "epsilon" if legacy else "sample")
         for key in _UNSUPPORTED_IF_SET:
             if config.get(key):
-                raise ValueError(f"scheduler config field {key}={config[key]!r} is not supported by {cls.__name__}")
+                raise ValueError(
+                    f"scheduler config field {key}={config[key]!r} is not supported by {cls.__name__}"
+                )
         out = SchedulerConfig(cls._defaults)
         out.update({k: v for k, v in config.items() if k in cls._defaults})
         if out.trained_betas is None and out.beta_schedule not in schedules.BETA_SCHEDULES:
@@ -142,7 +144,9 @@ class _Scheduler:
                 f"{', '.join(TIMESTEP_SPACINGS)}"
             )
         if int(out.num_train_timesteps) < 1:
-            raise ValueError(f"scheduler config field num_train_timesteps={out.num_train_timesteps} must be >= 1")
+            raise ValueError(
+                f"scheduler config field num_train_timesteps={out.num_train_timesteps} must be >= 1"
+            )
         return out
 
     def __len__(self) -> int:
@@ -205,7 +209,9 @@ class _Scheduler:
         timesteps = timesteps.reshape(-1).to(original_samples.device)
         return ops.q_sample(original_samples, timesteps, self.alphas_cumprod, noise)[0]
 
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def get_velocity(
+        self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
         """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0 (the v_prediction training target)."""
         abar = self.alphas_cumprod.to(device=sample.device, dtype=sample.dtype)[timesteps.to(sample.device)]
         shape = (-1,) + (1,) * (sample.dim() - 1)
@@ -328,7 +334,9 @@ class DDIMScheduler(_Scheduler):
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
-        self.final_alpha_cumprod = torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
+        self.final_alpha_cumprod = (
+            torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
+        )
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
         timestep = _as_int(timestep)
