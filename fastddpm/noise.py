@@ -65,13 +65,17 @@ def normal_from_bits(r0: torch.Tensor, r1: torch.Tensor) -> torch.Tensor:
 
 def philox_normal(
     seed: int,
-    sample_offset: int,
+    sample_offset: int | torch.Tensor,
     batch: int,
     sample_shape: tuple[int, ...] | torch.Size,
     stream: int | torch.Tensor,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """N(0, I) float32 noise of shape (batch, *sample_shape) for samples sample_offset .. + batch - 1."""
+    """N(0, I) float32 noise of shape (batch, *sample_shape) for samples sample_offset .. + batch - 1.
+
+    ``sample_offset`` and ``stream`` may be 0-d int64 device tensors, so a captured CUDA graph can be
+    replayed for another batch or step by updating them in place.
+    """
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     if isinstance(stream, torch.Tensor):
@@ -81,6 +85,8 @@ def philox_normal(
         stream_counter = torch.tensor([[stream & _MASK32]], dtype=torch.int64, device=device)
     per_sample = math.prod(sample_shape)
     element = torch.arange(per_sample, dtype=torch.int64, device=device).reshape(1, -1)
+    if isinstance(sample_offset, torch.Tensor):
+        sample_offset = sample_offset.to(device=device, dtype=torch.int64)
     sample = (torch.arange(batch, dtype=torch.int64, device=device) + sample_offset).reshape(-1, 1) & _MASK32
     zero = torch.zeros((), dtype=torch.int64, device=device)
     r0, r1, _, _ = philox4x32(element, sample, stream_counter, zero, seed)

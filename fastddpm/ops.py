@@ -33,12 +33,12 @@ class BackendUnavailable(RuntimeError):
 class PhiloxNoise:
     """Noise to be drawn where it is used: N(0, I) keyed by (seed, sample index, stream), as noise.py defines.
 
-    ``stream`` is an int or a 0-d int64 tensor on the sample's device (so a captured graph can advance it);
-    sample b of the batch has sample index ``sample_offset + b``.
+    ``stream`` and ``sample_offset`` are ints or 0-d int64 tensors on the sample's device (so one captured
+    graph serves every step and every batch); sample b of the batch has sample index ``sample_offset + b``.
     """
 
     seed: int
-    sample_offset: int
+    sample_offset: int | torch.Tensor
     stream: int | torch.Tensor
 
 
