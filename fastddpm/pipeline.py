@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import noise as noise_module
-from . import ops
+from .cuda_graph import capture_step
+from .sampling_loop import SamplingLoop
 from .schedulers import DDIMScheduler, DDPMScheduler, randn_tensor
 from .step_table import NOISE_ON
 
@@ -64,6 +65,8 @@ class Pipeline:
         self.scheduler_config = dict(scheduler_config or {})
         self.scheduler = DDPMScheduler.from_config(self.scheduler_config)
         self.source = source
+        self._loops: dict[tuple, tuple[SamplingLoop, Any]] = {}
+        self._compiled = None
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -114,6 +117,8 @@ class Pipeline:
     def to(self, device=None, dtype=None) -> Pipeline:
         """Move the network (and cast it: "fp32" / "bf16" / "fp16"); the sampler state stays float32."""
         self.unet.to(device=device, dtype=parse_dtype(dtype))
+        self._loops.clear()
+        self._compiled = None
         return self
 
     def sample_shape(self) -> tuple[int, int, int]:
@@ -142,6 +147,8 @@ class Pipeline:
         progress: bool = True,
         sample_offset: int = 0,
         use_clipped_model_output: bool = False,
+        use_cuda_graph: bool | None = None,
+        compile: bool = False,
         return_dict: bool = True,
     ) -> PipelineOutput | tuple:
         """Sample ``batch_size`` images.
@@ -150,6 +157,8 @@ class Pipeline:
         ``seed``) exactly as diffusers' DDPMPipeline / DDIMPipeline do, so the images match theirs.
         noise="philox" makes image b depend only on (seed, sample_offset + b, settings): the same images for
         any batch size, device or process split. Default steps: num_train_timesteps for ddpm, 50 for ddim.
+        use_cuda_graph (default: on CUDA) replays one captured graph of U-Net + sampler step for every step;
+        compile=True runs the U-Net through torch.compile.
         """
         self._check_call(
             batch_size, num_inference_steps, sampler, eta, noise, output_type, seed, sample_offset
@@ -161,6 +170,7 @@ class Pipeline:
         device = self.device
         table_host = scheduler.step_table(eta=eta) if sampler == "ddim" else scheduler.step_table()
         noise_on = (table_host[:, NOISE_ON] > 0).tolist()
+        timesteps_host = scheduler.timesteps.tolist()
         table = table_host.to(device)
         timesteps = scheduler.timesteps.to(device)
         shape = (batch_size, *self.sample_shape())
@@ -174,22 +184,52 @@ class Pipeline:
             x = randn_tensor(shape, generator, device, torch.float32)
 
         step_options = self._step_options(scheduler, sampler, use_clipped_model_output)
-        channels = shape[1]
-        net_dtype = self.dtype
-        for i in tqdm(range(len(noise_on)), disable=not progress, desc=f"fastddpm {sampler}", leave=False):
-            model_output = self.unet(x.to(net_dtype), timesteps[i])
-            if step_options["variance_type"] == "fixed" and model_output.shape[1] != channels:
-                model_output = model_output[:, :channels]
-            step_noise = None
-            if noise_on[i]:
-                if noise == "philox":
-                    step_noise = ops.PhiloxNoise(seed, sample_offset, i + 1)
-                else:
-                    step_noise = randn_tensor(shape, generator, device, torch.float32)
-            x, _ = ops.sampler_step(model_output.float(), x, table[i], step_noise, **step_options)
+        philox_seed = seed if noise == "philox" else None  # torch-mode noise is copied in, not baked in
+        key = (
+            shape,
+            self.dtype,
+            sampler,
+            tuple(timesteps_host),
+            float(eta),
+            noise,
+            philox_seed,
+            repr(step_options),
+        )
+        loop, replay = self._loop_for(
+            key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile
+        )
+        draw = None
+        if noise == "torch":
+            draw = lambda: randn_tensor(shape, generator, device, torch.float32)  # noqa: E731
+        with tqdm(total=len(noise_on), disable=not progress, desc=f"fastddpm {sampler}", leave=False) as bar:
+            x = loop.run(x, sample_offset, noise_on, draw, step=replay, progress=bar).clone()
 
         images = to_output(x, output_type)
         return PipelineOutput(images) if return_dict else (images,)
+
+    def _loop_for(self, key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile):
+        """The cached SamplingLoop (and its graph replay, or None for eager) for this call's settings."""
+        on_cuda = table.device.type == "cuda"
+        if use_cuda_graph is None:
+            use_cuda_graph = on_cuda
+        if use_cuda_graph and not on_cuda:
+            raise ValueError("use_cuda_graph=True needs the pipeline on a CUDA device")
+        key = (*key, bool(use_cuda_graph), bool(compile))
+        if key not in self._loops:
+            unet = self._compiled_unet() if compile else self.unet
+            loop = SamplingLoop(unet, table, timesteps, shape, self.dtype, step_options, noise, seed or 0)
+            replay = None
+            if use_cuda_graph:
+                buffers = [loop.x, loop.step_index, loop.sample_offset]
+                replay = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+            self._loops.clear()  # one live graph at a time: each holds a private memory pool
+            self._loops[key] = (loop, replay)
+        return self._loops[key]
+
+    def _compiled_unet(self):
+        if self._compiled is None:
+            self._compiled = torch.compile(self.unet, fullgraph=True, dynamic=False)
+        return self._compiled
 
     def _step_options(self, scheduler, sampler: str, use_clipped_model_output: bool) -> dict[str, Any]:
         options = {
