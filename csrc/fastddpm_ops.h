@@ -1,0 +1,38 @@
+// Declarations of the op implementations that fastddpm_ops.cpp registers, one per op and device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace fastddpm {
+
+at::Tensor group_norm_cpu(
+    const at::Tensor& x,
+    int64_t num_groups,
+    const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias,
+    double eps,
+    const std::optional<at::Tensor>& add,
+    const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift,
+    bool silu);
+
+at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+
+#ifdef FASTDDPM_WITH_CUDA
+at::Tensor group_norm_cuda(
+    const at::Tensor& x,
+    int64_t num_groups,
+    const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias,
+    double eps,
+    const std::optional<at::Tensor>& add,
+    const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift,
+    bool silu);
+
+at::Tensor attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+#endif
+
+}  // namespace fastddpm

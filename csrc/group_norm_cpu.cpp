@@ -1,0 +1,330 @@
+// fastddpm::group_norm on the CPU: GroupNorm(x + add) * weight + bias, then * (1 + scale) + shift, then SiLU,
+// in one kernel with float32 statistics, vectorised with at::vec and parallel with at::parallel_for.
+//
+// NCHW: one task per (sample, group); the group's C/G rows are read three times (sum, sum of squared
+// deviations, write) while they sit in L1/L2, so main memory sees one read of x and one write of y where
+// torch's group_norm + silu reads x twice and y once and writes y twice. Two passes for the variance keep
+// it exact for inputs whose mean is large next to their spread.
+// Channels-last: the group's channels are C/G neighbours inside each pixel's C-vector, so the kernel
+// accumulates per-channel sums vectorised over C for chunks of pixels, folds channels into groups, and
+// writes vectorised over C.
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "fastddpm_ops.h"
+#include "group_norm_args.h"
+
+namespace fastddpm {
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+
+template <typename T>
+inline Vec load_floats(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return Vec::loadu(p);
+  } else {
+    Vec out;
+    at::vec::load_to_float<T>(p, out);
+    return out;
+  }
+}
+
+template <typename T>
+inline void store_floats(T* p, const Vec& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    v.store(p);
+  } else {
+    at::vec::convert_from_float<T>(v, v).store(p, kLanes);
+  }
+}
+
+inline float sum_lanes(const Vec& v) {
+  float lanes[kLanes];
+  v.store(lanes);
+  float total = 0.f;
+  for (int64_t i = 0; i < kLanes; ++i) {
+    total += lanes[i];
+  }
+  return total;
+}
+
+// torch's SiLU formula (x / (1 + exp(-x))), so fp32 results agree with F.silu to the last bits.
+inline Vec silu(const Vec& y) {
+  return y / (Vec(1.f) + y.neg().exp());
+}
+
+inline float silu(float y) {
+  return y / (1.f + std::exp(-y));
+}
+
+// Everything the kernels need besides x and y, as raw float32 pointers (null = absent).
+struct Params {
+  const float* weight;  // (C,)
+  const float* bias;  // (C,)
+  const float* add;  // (N, C), added to x before the statistics
+  const float* scale;  // (N, C), y * (1 + scale) + shift
+  const float* shift;  // (N, C), only read with scale (as reference.group_norm does)
+  float eps;
+  bool silu;
+};
+
+// The per-(sample, channel) affine map after the statistics: y = h * a + b, then y * s1 + s0 when scaled.
+struct ChannelAffine {
+  float a, b, s1, s0;
+};
+
+inline ChannelAffine channel_affine(const Params& p, int64_t n, int64_t c, int64_t channels, float mean, float rstd) {
+  const float a = rstd * (p.weight ? p.weight[c] : 1.f);
+  const float b = (p.bias ? p.bias[c] : 0.f) - mean * a;
+  const int64_t nc = n * channels + c;
+  const float s1 = p.scale ? 1.f + p.scale[nc] : 1.f;
+  const float s0 = (p.scale && p.shift) ? p.shift[nc] : 0.f;
+  return {a, b, s1, s0};
+}
+
+inline float apply_scalar(float h, const ChannelAffine& k, bool scaled, bool use_silu) {
+  float y = h * k.a + k.b;
+  if (scaled) {
+    y = y * k.s1 + k.s0;
+  }
+  return use_silu ? silu(y) : y;
+}
+
+inline Vec apply_vec(const Vec& h, const Vec& a, const Vec& b, const Vec& s1, const Vec& s0, bool scaled, bool use_silu) {
+  Vec y = h * a + b;
+  if (scaled) {
+    y = y * s1 + s0;
+  }
+  return use_silu ? silu(y) : y;
+}
+
+template <typename T>
+void group_norm_nchw(const T* x, T* y, const GroupNormShape& s, const Params& p) {
+  const int64_t per_group = s.channels / s.groups;
+  const int64_t pixels = s.pixels;
+  const int64_t count = per_group * pixels;
+  // Tasks of at least ~32k elements, so small groups are batched per thread instead of one task each.
+  const int64_t grain = std::max<int64_t>(1, 32768 / count);
+  at::parallel_for(0, s.batch * s.groups, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / s.groups;
+      const int64_t c0 = (task % s.groups) * per_group;
+      const T* xg = x + (n * s.channels + c0) * pixels;
+      T* yg = y + (n * s.channels + c0) * pixels;
+      auto added = [&](int64_t cl) { return p.add ? p.add[n * s.channels + c0 + cl] : 0.f; };
+
+      Vec sum_vec(0.f);
+      float sum_tail = 0.f;
+      for (int64_t cl = 0; cl < per_group; ++cl) {
+        const T* row = xg + cl * pixels;
+        const float a = added(cl);
+        const Vec av(a);
+        int64_t i = 0;
+        for (; i + kLanes <= pixels; i += kLanes) {
+          sum_vec += load_floats(row + i) + av;
+        }
+        for (; i < pixels; ++i) {
+          sum_tail += static_cast<float>(row[i]) + a;
+        }
+      }
+      const float mean = (sum_lanes(sum_vec) + sum_tail) / static_cast<float>(count);
+
+      const Vec mean_vec(mean);
+      Vec m2_vec(0.f);
+      float m2_tail = 0.f;
+      for (int64_t cl = 0; cl < per_group; ++cl) {
+        const T* row = xg + cl * pixels;
+        const float a = added(cl);
+        const Vec av(a);
+        int64_t i = 0;
+        for (; i + kLanes <= pixels; i += kLanes) {
+          const Vec d = load_floats(row + i) + av - mean_vec;
+          m2_vec = at::vec::fmadd(d, d, m2_vec);
+        }
+        for (; i < pixels; ++i) {
+          const float d = static_cast<float>(row[i]) + a - mean;
+          m2_tail += d * d;
+        }
+      }
+      const float var = (sum_lanes(m2_vec) + m2_tail) / static_cast<float>(count);
+      const float rstd = 1.f / std::sqrt(var + p.eps);
+
+      for (int64_t cl = 0; cl < per_group; ++cl) {
+        const T* row = xg + cl * pixels;
+        T* out = yg + cl * pixels;
+        const float a = added(cl);
+        const ChannelAffine k = channel_affine(p, n, c0 + cl, s.channels, mean, rstd);
+        const Vec av(a), ka(k.a), kb(k.b), ks1(k.s1), ks0(k.s0);
+        int64_t i = 0;
+        for (; i + kLanes <= pixels; i += kLanes) {
+          store_floats(out + i, apply_vec(load_floats(row + i) + av, ka, kb, ks1, ks0, p.scale != nullptr, p.silu));
+        }
+        for (; i < pixels; ++i) {
+          out[i] = static_cast<T>(apply_scalar(static_cast<float>(row[i]) + a, k, p.scale != nullptr, p.silu));
+        }
+      }
+    }
+  });
+}
+
+// Adds row[c] (+ add[c]) or its squared deviation from center[c] into acc[c] for every channel of one pixel.
+template <typename T, bool SQUARED>
+inline void accumulate_pixel(const T* row, const float* add, const float* center, float* acc, int64_t channels) {
+  int64_t c = 0;
+  for (; c + kLanes <= channels; c += kLanes) {
+    Vec h = load_floats(row + c) + Vec::loadu(add + c);
+    if constexpr (SQUARED) {
+      h = h - Vec::loadu(center + c);
+      h = h * h;
+    }
+    (Vec::loadu(acc + c) + h).store(acc + c);
+  }
+  for (; c < channels; ++c) {
+    float h = static_cast<float>(row[c]) + add[c];
+    if constexpr (SQUARED) {
+      h = (h - center[c]) * (h - center[c]);
+    }
+    acc[c] += h;
+  }
+}
+
+template <typename T>
+void group_norm_channels_last(const T* x, T* y, const GroupNormShape& s, const Params& p) {
+  const int64_t C = s.channels, pixels = s.pixels, per_group = C / s.groups;
+  const float count = static_cast<float>(per_group * pixels);
+  // Pixel chunks per sample, so that batch 1 still uses every thread for the statistics.
+  const int64_t chunks = std::min<int64_t>(pixels, std::max<int64_t>(1, at::get_num_threads() / s.batch));
+  const int64_t tasks = s.batch * chunks;
+  std::vector<float> zeros(C, 0.f);
+  std::vector<float> partial(tasks * C);
+  std::vector<float> center(s.batch * C);  // the group mean, repeated per channel
+
+  // One statistics pass: per-(sample, chunk) channel sums, then folded over chunks and the group's channels.
+  auto pass = [&](auto squared_tag, std::vector<float>& group_out) {
+    constexpr bool kSquared = decltype(squared_tag)::value;
+    std::fill(partial.begin(), partial.end(), 0.f);
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / chunks, k = task % chunks;
+        const float* add = p.add ? p.add + n * C : zeros.data();
+        for (int64_t px = k * pixels / chunks; px < (k + 1) * pixels / chunks; ++px) {
+          accumulate_pixel<T, kSquared>(x + (n * pixels + px) * C, add, center.data() + n * C, partial.data() + task * C, C);
+        }
+      }
+    });
+    for (int64_t n = 0; n < s.batch; ++n) {
+      for (int64_t g = 0; g < s.groups; ++g) {
+        float total = 0.f;
+        for (int64_t k = 0; k < chunks; ++k) {
+          for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+            total += partial[(n * chunks + k) * C + c];
+          }
+        }
+        group_out[n * s.groups + g] = total / count;
+      }
+    }
+  };
+
+  std::vector<float> mean(s.batch * s.groups), var(s.batch * s.groups);
+  pass(std::false_type{}, mean);
+  for (int64_t n = 0; n < s.batch; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      center[n * C + c] = mean[n * s.groups + c / per_group];
+    }
+  }
+  pass(std::true_type{}, var);
+
+  // Per-(sample, channel) coefficients laid out like x's channel vector, for vector loads in the write pass.
+  std::vector<float> ka(s.batch * C), kb(s.batch * C), ks1(s.batch * C), ks0(s.batch * C);
+  for (int64_t n = 0; n < s.batch; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t ng = n * s.groups + c / per_group;
+      const ChannelAffine k = channel_affine(p, n, c, C, mean[ng], 1.f / std::sqrt(var[ng] + p.eps));
+      ka[n * C + c] = k.a;
+      kb[n * C + c] = k.b;
+      ks1[n * C + c] = k.s1;
+      ks0[n * C + c] = k.s0;
+    }
+  }
+
+  const bool scaled = p.scale != nullptr;
+  const int64_t grain = std::max<int64_t>(1, 16384 / C);
+  at::parallel_for(0, s.batch * pixels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t np = begin; np < end; ++np) {
+      const int64_t n = np / pixels;
+      const T* row = x + np * C;
+      T* out = y + np * C;
+      const float* add = p.add ? p.add + n * C : zeros.data();
+      const float *a = &ka[n * C], *b = &kb[n * C], *s1 = &ks1[n * C], *s0 = &ks0[n * C];
+      int64_t c = 0;
+      for (; c + kLanes <= C; c += kLanes) {
+        const Vec h = load_floats(row + c) + Vec::loadu(add + c);
+        store_floats(out + c, apply_vec(h, Vec::loadu(a + c), Vec::loadu(b + c), Vec::loadu(s1 + c),
+                                        Vec::loadu(s0 + c), scaled, p.silu));
+      }
+      for (; c < C; ++c) {
+        const ChannelAffine k{a[c], b[c], s1[c], s0[c]};
+        out[c] = static_cast<T>(apply_scalar(static_cast<float>(row[c]) + add[c], k, scaled, p.silu));
+      }
+    }
+  });
+}
+
+template <typename T>
+void run(const at::Tensor& x, at::Tensor& y, const GroupNormShape& s, const Params& p) {
+  if (s.channels_last) {
+    group_norm_channels_last<T>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), s, p);
+  } else {
+    group_norm_nchw<T>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), s, p);
+  }
+}
+
+}  // namespace
+
+at::Tensor group_norm_cpu(
+    const at::Tensor& x,
+    int64_t num_groups,
+    const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias,
+    double eps,
+    const std::optional<at::Tensor>& add,
+    const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift,
+    bool silu) {
+  const GroupNormShape shape = check_group_norm_args(x, num_groups, weight, bias, add, scale, shift);
+  const at::Tensor input = shape.channels_last ? x : x.contiguous();
+  at::Tensor y = at::empty(
+      x.sizes(), x.options(), shape.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) {
+    return y;
+  }
+  const auto w = as_float_contiguous(weight), b = as_float_contiguous(bias), a = as_float_contiguous(add);
+  const auto sc = as_float_contiguous(scale), sh = as_float_contiguous(shift);
+  const Params params{float_ptr_or_null(w), float_ptr_or_null(b), float_ptr_or_null(a), float_ptr_or_null(sc),
+                      float_ptr_or_null(sh), static_cast<float>(eps), silu};
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      run<float>(input, y, shape, params);
+      break;
+    case at::kHalf:
+      run<at::Half>(input, y, shape, params);
+      break;
+    case at::kBFloat16:
+      run<at::BFloat16>(input, y, shape, params);
+      break;
+    default:
+      TORCH_CHECK(false, "fastddpm::group_norm: unsupported dtype ", x.scalar_type());
+  }
+  return y;
+}
+
+}  // namespace fastddpm
