@@ -133,32 +133,45 @@ class UNet2D(nn.Module):
     @classmethod
     def from_diffusers(cls, model: nn.Module) -> UNet2D:
         """A UNet2D over a diffusers UNet2DModel's own Parameter objects (no copy: changes show in both)."""
-        with torch.device("meta"):
-            unet = cls(dict(model.config))
         theirs = dict(model.named_parameters())
-        ours = dict(unet.named_parameters())
-        if set(theirs) != set(ours):
-            missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
-            raise ValueError(
-                f"the diffusers model's parameters do not match its config: missing {missing[:3]}, extra {extra[:3]}"
-            )
-        for name in ours:
+        unet = cls._on_meta(dict(model.config), theirs)
+        for name, parameter in theirs.items():
             owner_name, _, attribute = name.rpartition(".")
-            setattr(unet.get_submodule(owner_name), attribute, theirs[name])
-        reference = next(iter(theirs.values()))
-        unet.timestep_frequencies = timestep_frequencies(unet._half_dim, unet.config["freq_shift"]).to(
-            reference.device
-        )
+            setattr(unet.get_submodule(owner_name), attribute, parameter)
+        unet._reset_timestep_frequencies(unet.device)
         return unet.train(model.training)
+
+    @classmethod
+    def from_state_dict(cls, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> UNet2D:
+        """A UNet2D holding these tensors as its parameters (no random init, no copy); names and shapes strict."""
+        unet = cls._on_meta(config, state_dict)
+        unet.load_state_dict(state_dict, strict=True, assign=True)
+        unet._reset_timestep_frequencies(unet.device)
+        return unet
+
+    @classmethod
+    def _on_meta(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> UNet2D:
+        with torch.device("meta"):
+            unet = cls(config)
+        ours = {name: tuple(p.shape) for name, p in unet.state_dict().items()}
+        missing, extra = sorted(set(ours) - set(tensors)), sorted(set(tensors) - set(ours))
+        wrong = sorted(n for n in set(ours) & set(tensors) if tuple(tensors[n].shape) != ours[n])
+        if missing or extra or wrong:
+            raise ValueError(
+                f"weights do not fit the U-Net config: missing {missing[:3]}, unexpected {extra[:3]}, "
+                f"mis-shaped {wrong[:3]}"
+            )
+        return unet
+
+    def _reset_timestep_frequencies(self, device: torch.device) -> None:
+        self.timestep_frequencies = timestep_frequencies(self._half_dim, self.config["freq_shift"]).to(device)
 
     def _apply(self, fn, recurse=True):
         # Keep the timestep frequencies float32 (diffusers computes the embedding in float32) on any dtype cast.
         super()._apply(fn, recurse)
         frequencies = self.timestep_frequencies
         if frequencies.dtype != torch.float32 and not frequencies.is_meta:
-            self.timestep_frequencies = timestep_frequencies(self._half_dim, self.config["freq_shift"]).to(
-                frequencies.device
-            )
+            self._reset_timestep_frequencies(frequencies.device)
         return self
 
     @property
