@@ -57,7 +57,8 @@ def _kernels() -> ModuleType:
     return module
 
 
-def _kernel_module(name: str) -> ModuleType:
+def kernel_module(name: str) -> ModuleType:
+    """One op's kernel module, fastddpm.kernels.<name> (tests and benchmarks call its launcher directly)."""
     _kernels()
     return importlib.import_module(f"fastddpm.kernels.{name}")
 
@@ -148,7 +149,7 @@ def why_not_q_sample(x0, timesteps, alphas_cumprod, noise) -> list[str]:
 
 
 def q_sample(x0, timesteps, alphas_cumprod, noise):
-    return _kernel_module("q_sample").q_sample(x0, timesteps, alphas_cumprod, noise)
+    return kernel_module("q_sample").q_sample(x0, timesteps, alphas_cumprod, noise)
 
 
 # ------------------------------------------------------------------------------------------ sampler_step
@@ -208,7 +209,7 @@ def why_not_sampler_step(
 
 
 def sampler_step(model_output, sample, coeffs, noise, **options):
-    return _kernel_module("sampler_step").sampler_step(model_output, sample, coeffs, noise, **options)
+    return kernel_module("sampler_step").sampler_step(model_output, sample, coeffs, noise, **options)
 
 
 # -------------------------------------------------------------------------------------------- group_norm
@@ -246,6 +247,6 @@ def why_not_group_norm(
 
 
 def group_norm(x, num_groups, weight, bias, eps, *, add=None, scale=None, shift=None, silu=False):
-    return _kernel_module("group_norm").group_norm(
+    return kernel_module("group_norm").group_norm(
         x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, silu=silu
     )
