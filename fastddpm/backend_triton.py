@@ -106,14 +106,17 @@ def _dtype_reason(name: str, tensor: torch.Tensor) -> list[str]:
 
 
 def _philox_reasons(noise: PhiloxNoise) -> tuple[list[str], list[torch.Tensor]]:
-    reasons = []
+    """Reasons the descriptor cannot be drawn in-kernel, and its counters that live in device memory."""
+    reasons, in_memory = [], []
     if not 0 <= noise.seed < 2**64:
         reasons.append("philox seed outside [0, 2**64)")
-    if isinstance(noise.stream, torch.Tensor):
-        if noise.stream.numel() != 1 or noise.stream.dtype != torch.int64:
-            reasons.append("philox stream tensor is not a one-element int64")
-        return reasons, [noise.stream]
-    return reasons, []
+    for name in ("sample_offset", "stream"):
+        value = getattr(noise, name)
+        if isinstance(value, torch.Tensor):
+            in_memory.append(value)
+            if value.numel() != 1 or value.dtype != torch.int64:
+                reasons.append(f"philox {name} tensor is not a one-element int64")
+    return reasons, in_memory
 
 
 def _too_large(per_sample: int) -> list[str]:

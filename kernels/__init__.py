@@ -10,12 +10,18 @@ at definition time whether a kernel is compiled or interpreted (``INTERPRETED`` 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
-INTERPRETED = bool(knobs.runtime.interpret)
+try:  # triton >= 3.4 reads its settings through knobs; older ones read the variable directly
+    from triton import knobs
+
+    INTERPRETED = bool(knobs.runtime.interpret)
+except ImportError:
+    INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

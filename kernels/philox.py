@@ -14,6 +14,7 @@ here (`philox_words`, `normal`) exist for the tests and for drawing x_T on the d
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 import triton
@@ -42,15 +43,42 @@ def philox_normal(seed, element, sample, stream):
     return box_muller(r0, r1)
 
 
+@triton.jit
+def load_counter(value, IN_MEMORY: tl.constexpr):
+    """A counter given as an int argument, or as a pointer to an int64 in device memory (so a captured
+    CUDA graph replays with the new value), as int64."""
+    if IN_MEMORY:
+        return tl.load(value).to(tl.int64)
+    else:
+        return value.to(tl.int64)
+
+
+@triton.jit
+def sample_normal(
+    seed,
+    sample_offset,
+    stream,
+    sample_row,
+    element,
+    OFFSET_IN_MEMORY: tl.constexpr,
+    STREAM_IN_MEMORY: tl.constexpr,
+):
+    """noise.philox_normal's value for batch row ``sample_row``, elements ``element`` (NCHW flat index)."""
+    sample_index = (sample_row.to(tl.int64) + load_counter(sample_offset, OFFSET_IN_MEMORY)).to(tl.uint32)
+    stream_counter = load_counter(stream, STREAM_IN_MEMORY).to(tl.uint32)
+    return philox_normal(seed, element.to(tl.uint32), sample_index, stream_counter)
+
+
 @triton.jit(do_not_specialize=["seed", "sample_offset", "stream"])
 def _philox_kernel(
     words_ptr,  # uint32-as-int64 output (4, batch, per_sample) of the raw words, when WRITE_WORDS
     normal_ptr,  # float32 output (batch, per_sample)
     seed,  # 64-bit key, split by tl.philox into (low, high) words
-    sample_offset,  # sample index of batch row 0, already reduced mod 2^32
+    sample_offset,  # sample index of batch row 0: an int, or a pointer to a 0-d int64 when OFFSET_IN_MEMORY
     stream,  # stream counter: an int, or a pointer to a 0-d int64 when STREAM_IN_MEMORY
     batch,  # number of samples
     per_sample,  # elements per sample
+    OFFSET_IN_MEMORY: tl.constexpr,  # read the sample offset from device memory
     STREAM_IN_MEMORY: tl.constexpr,  # read the stream from device memory (graph-replayable steps)
     WRITE_WORDS: tl.constexpr,  # also write the four raw Philox words (tests compare them bit for bit)
     BLOCK: tl.constexpr,  # elements per program
@@ -59,14 +87,11 @@ def _philox_kernel(
     sample_row = tl.program_id(1)
     element = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = element < per_sample
-    if STREAM_IN_MEMORY:
-        stream_counter = tl.load(stream).to(tl.uint32)
-    else:
-        stream_counter = stream.to(tl.int64).to(tl.uint32)
-    sample_index = (sample_row + sample_offset.to(tl.int64)).to(tl.uint32)
-    counter = element.to(tl.uint32)
     offset = sample_row.to(tl.int64) * per_sample + element
     if WRITE_WORDS:
+        sample_index = (sample_row.to(tl.int64) + load_counter(sample_offset, OFFSET_IN_MEMORY)).to(tl.uint32)
+        stream_counter = load_counter(stream, STREAM_IN_MEMORY).to(tl.uint32)
+        counter = element.to(tl.uint32)
         zero = counter * 0
         r0, r1, r2, r3 = tl.philox(seed, counter, sample_index + zero, stream_counter + zero, zero)
         plane = batch.to(tl.int64) * per_sample
@@ -74,51 +99,67 @@ def _philox_kernel(
         tl.store(words_ptr + plane + offset, r1.to(tl.int64), mask=mask)
         tl.store(words_ptr + 2 * plane + offset, r2.to(tl.int64), mask=mask)
         tl.store(words_ptr + 3 * plane + offset, r3.to(tl.int64), mask=mask)
-    z = philox_normal(seed, counter, sample_index, stream_counter)
+    z = sample_normal(seed, sample_offset, stream, sample_row, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY)
     tl.store(normal_ptr + offset, z, mask=mask)
 
 
-def stream_argument(stream: int | torch.Tensor, device: torch.device) -> tuple[int | torch.Tensor, bool]:
-    """(kernel argument, STREAM_IN_MEMORY) for a stream given as an int or a 0-d integer device tensor."""
-    if isinstance(stream, torch.Tensor):
-        if stream.numel() != 1 or stream.dtype != torch.int64 or stream.device != device:
+def counter_argument(
+    value: int | torch.Tensor, device: torch.device, name: str
+) -> tuple[int | torch.Tensor, bool]:
+    """(kernel argument, IN_MEMORY) for a counter (stream, sample offset): an int or a 0-d int64 tensor."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype != torch.int64 or value.device != device:
             raise ValueError(
-                f"kernels/philox.py: stream must be a one-element int64 tensor on {device}, got "
-                f"{tuple(stream.shape)} {stream.dtype} on {stream.device}"
+                f"kernels/philox.py: {name} must be a one-element int64 tensor on {device}, got "
+                f"{tuple(value.shape)} {value.dtype} on {value.device}"
             )
-        return stream, True
-    return int(stream) & MASK32, False
+        return value, True
+    return int(value) & MASK32, False
+
+
+def philox_arguments(noise, device: torch.device) -> dict:
+    """The kernel arguments of an ops.PhiloxNoise: seed, sample_offset, stream and where they live."""
+    if not 0 <= noise.seed < 2**64:
+        raise ValueError(f"kernels/philox.py: the philox seed must be in [0, 2**64), got {noise.seed}")
+    sample_offset, offset_in_memory = counter_argument(noise.sample_offset, device, "sample_offset")
+    stream, stream_in_memory = counter_argument(noise.stream, device, "stream")
+    return dict(
+        seed=noise.seed,
+        sample_offset=sample_offset,
+        stream=stream,
+        OFFSET_IN_MEMORY=offset_in_memory,
+        STREAM_IN_MEMORY=stream_in_memory,
+    )
+
+
+# Arguments of a kernel launched without philox noise (the constexpr flags compile the noise code out).
+NO_PHILOX = dict(seed=0, sample_offset=0, stream=0, OFFSET_IN_MEMORY=False, STREAM_IN_MEMORY=False)
 
 
 def _launch(seed, sample_offset, batch, sample_shape, stream, device, write_words: bool, block: int):
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"kernels/philox.py: seed must be in [0, 2**64), got {seed}")
     device = torch.device(device)
     per_sample = math.prod(sample_shape)
     if per_sample >= 2**31:
         raise ValueError(f"kernels/philox.py: {per_sample} elements per sample overflow the element counter")
-    stream_arg, in_memory = stream_argument(stream, device)
+    noise = SimpleNamespace(seed=seed, sample_offset=sample_offset, stream=stream)
     normal = torch.empty((batch, per_sample), dtype=torch.float32, device=device)
     words = torch.empty((4, batch, per_sample) if write_words else (1,), dtype=torch.int64, device=device)
     grid = (triton.cdiv(per_sample, block), batch)
     _philox_kernel[grid](
         words,
         normal,
-        seed,
-        sample_offset & MASK32,
-        stream_arg,
-        batch,
-        per_sample,
-        STREAM_IN_MEMORY=in_memory,
+        batch=batch,
+        per_sample=per_sample,
         WRITE_WORDS=write_words,
         BLOCK=block,
+        **philox_arguments(noise, device),
     )
     return words, normal.reshape(batch, *sample_shape)
 
 
 def normal(
     seed: int,
-    sample_offset: int,
+    sample_offset: int | torch.Tensor,
     batch: int,
     sample_shape: tuple[int, ...] | torch.Size,
     stream: int | torch.Tensor,
@@ -131,7 +172,7 @@ def normal(
 
 def philox_words(
     seed: int,
-    sample_offset: int,
+    sample_offset: int | torch.Tensor,
     batch: int,
     per_sample: int,
     stream: int | torch.Tensor,

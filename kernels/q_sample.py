@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from . import FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
-from .philox import MASK32, philox_normal, stream_argument
+from .philox import NO_PHILOX, philox_arguments, sample_normal
 
 
 @triton.jit(do_not_specialize=["seed", "sample_offset", "stream"])
@@ -24,13 +24,14 @@ def _q_sample_kernel(
     timesteps_ptr,  # (B,) integer timesteps
     abar_ptr,  # (T,) alphas_cumprod table, float32 or float64
     seed,  # PHILOX: 64-bit key
-    sample_offset,  # PHILOX: sample index of batch row 0, mod 2^32
+    sample_offset,  # PHILOX: sample index of batch row 0, an int or a pointer to a 0-d int64
     stream,  # PHILOX: stream counter, an int or a pointer to a 0-d int64
     per_sample,  # elements per sample
     channels,  # C (the element counter of philox noise is the NCHW index)
     spatial,  # H * W
     blocks_per_sample,  # programs per sample
     PHILOX: tl.constexpr,  # draw eps in-kernel instead of reading it
+    OFFSET_IN_MEMORY: tl.constexpr,  # sample_offset is a device pointer
     STREAM_IN_MEMORY: tl.constexpr,  # stream is a device pointer
     CHANNELS_LAST: tl.constexpr,  # x0 is NHWC-dense (memory order != the logical NCHW order)
     BLOCK: tl.constexpr,  # elements per program
@@ -51,16 +52,12 @@ def _q_sample_kernel(
 
     x0 = tl.load(x0_ptr + offset, mask=mask, other=0.0).to(tl.float32)
     if PHILOX:
-        if STREAM_IN_MEMORY:
-            stream_counter = tl.load(stream).to(tl.uint32)
-        else:
-            stream_counter = stream.to(tl.int64).to(tl.uint32)
-        sample_index = (b.to(tl.int64) + sample_offset.to(tl.int64)).to(tl.uint32)
-        if CHANNELS_LAST:
+        if CHANNELS_LAST:  # the noise is defined on the NCHW index
             element = (position % channels) * spatial + position // channels
         else:
             element = position
-        eps = rounded(philox_normal(seed, element.to(tl.uint32), sample_index, stream_counter), DTYPE)
+        eps = sample_normal(seed, sample_offset, stream, b, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY)
+        eps = rounded(eps, DTYPE)
         tl.store(eps_ptr + offset, eps.to(DTYPE), mask=mask)
     else:
         eps = tl.load(eps_ptr + offset, mask=mask, other=0.0).to(tl.float32)
@@ -98,10 +95,7 @@ def q_sample(
     philox = not isinstance(noise, torch.Tensor)
     if philox:
         eps = torch.empty_like(x0, memory_format=memory_format)
-        stream, stream_in_memory = stream_argument(noise.stream, x0.device)
-        seed, sample_offset = noise.seed, noise.sample_offset & MASK32
-        if not 0 <= seed < 2**64:
-            raise ValueError(f"kernels/q_sample.py: noise.seed must be in [0, 2**64), got {seed}")
+        philox_args = philox_arguments(noise, x0.device)
     else:
         if noise.shape != x0.shape or noise.dtype != x0.dtype:
             raise ValueError(
@@ -109,7 +103,7 @@ def q_sample(
                 f"{tuple(noise.shape)} {noise.dtype}"
             )
         eps = noise.contiguous(memory_format=memory_format)
-        seed, sample_offset, stream, stream_in_memory = 0, 0, 0, False
+        philox_args = NO_PHILOX
     per_sample = x0[0].numel() if batch else 0
     if batch == 0 or per_sample == 0:
         return out, eps
@@ -121,16 +115,13 @@ def q_sample(
         out,
         timesteps,
         alphas_cumprod,
-        seed,
-        sample_offset,
-        stream,
-        per_sample,
-        channels,
-        per_sample // channels,
-        blocks_per_sample,
+        per_sample=per_sample,
+        channels=channels,
+        spatial=per_sample // channels,
+        blocks_per_sample=blocks_per_sample,
         PHILOX=philox,
-        STREAM_IN_MEMORY=stream_in_memory,
         CHANNELS_LAST=is_channels_last(x0),
         BLOCK=block,
+        **philox_args,
     )
     return out, eps

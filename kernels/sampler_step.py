@@ -34,7 +34,7 @@ from fastddpm.step_table import (
 )
 
 from . import FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
-from .philox import MASK32, philox_normal, stream_argument
+from .philox import NO_PHILOX, philox_arguments, sample_normal
 
 PREDICTIONS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 VARIANCES = {"fixed": 0, "learned": 1, "learned_range": 2}
@@ -57,7 +57,7 @@ def _sampler_step_kernel(
     x_prev_ptr,  # float32 output x_{t-1}
     x0_ptr,  # output x0_hat: the model dtype for prediction "sample", else float32
     seed,  # NOISE_PHILOX: 64-bit key
-    sample_offset,  # NOISE_PHILOX: sample index of batch row 0, mod 2^32
+    sample_offset,  # NOISE_PHILOX: sample index of batch row 0, an int or a pointer to a 0-d int64
     stream,  # NOISE_PHILOX: stream counter, an int or a pointer to a 0-d int64
     clip_range,  # CLIP: x0_hat is clamped to [-clip_range, clip_range]
     coeffs_stride,  # element stride of the row
@@ -71,6 +71,7 @@ def _sampler_step_kernel(
     CLIP: tl.constexpr,  # clamp x0_hat
     USE_CLIPPED: tl.constexpr,  # DDIM: recompute eps from the clipped x0_hat
     NOISE: tl.constexpr,  # 0 none, 1 tensor, 2 philox
+    OFFSET_IN_MEMORY: tl.constexpr,  # sample_offset is a device pointer
     STREAM_IN_MEMORY: tl.constexpr,  # stream is a device pointer
     CHANNELS_LAST: tl.constexpr,  # all tensors are NHWC-dense
     BLOCK: tl.constexpr,  # elements per program
@@ -145,16 +146,11 @@ def _sampler_step_kernel(
         if NOISE == 1:
             z = tl.load(noise_ptr + offset, mask=mask, other=0.0)
         else:
-            if STREAM_IN_MEMORY:
-                stream_counter = tl.load(stream).to(tl.uint32)
-            else:
-                stream_counter = stream.to(tl.int64).to(tl.uint32)
-            sample_index = (b.to(tl.int64) + sample_offset.to(tl.int64)).to(tl.uint32)
-            if CHANNELS_LAST:
+            if CHANNELS_LAST:  # the noise is defined on the NCHW index
                 element = (position % channels) * spatial + position // channels
             else:
                 element = position
-            z = philox_normal(seed, element.to(tl.uint32), sample_index, stream_counter)
+            z = sample_normal(seed, sample_offset, stream, b, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY)
         if VARIANCE == 0:
             std = _coefficient(coeffs_ptr, 4, coeffs_stride)
         else:
@@ -237,7 +233,7 @@ def sampler_step(
     memory_format = memory_format_of(sample)
     sample = sample.contiguous(memory_format=memory_format)
     model_output = model_output.contiguous(memory_format=memory_format)
-    seed, sample_offset, stream, stream_in_memory = 0, 0, 0, False
+    philox = NO_PHILOX
     if noise is None:
         noise_mode, noise_tensor = NOISE_NONE, sample
     elif isinstance(noise, torch.Tensor):
@@ -245,11 +241,8 @@ def sampler_step(
             raise ValueError("kernels/sampler_step.py: noise must be float32 of the sample's shape")
         noise_mode, noise_tensor = NOISE_TENSOR, noise.contiguous(memory_format=memory_format)
     else:
-        if not 0 <= noise.seed < 2**64:
-            raise ValueError(f"kernels/sampler_step.py: noise.seed must be in [0, 2**64), got {noise.seed}")
         noise_mode, noise_tensor = NOISE_PHILOX, sample
-        stream, stream_in_memory = stream_argument(noise.stream, sample.device)
-        seed, sample_offset = noise.seed, noise.sample_offset & MASK32
+        philox = philox_arguments(noise, sample.device)
 
     x_prev = torch.empty_like(sample, memory_format=memory_format)
     x0_dtype = model_output.dtype if prediction_type == "sample" else torch.float32
@@ -265,23 +258,20 @@ def sampler_step(
         noise_tensor,
         x_prev,
         x0_hat,
-        seed,
-        sample_offset,
-        stream,
-        float(clip_range) if clip_range is not None else 0.0,
-        coeffs.stride(0),
-        per_sample,
-        channels,
-        per_sample // channels,
-        blocks_per_sample,
+        clip_range=float(clip_range) if clip_range is not None else 0.0,
+        coeffs_stride=coeffs.stride(0),
+        per_sample=per_sample,
+        channels=channels,
+        spatial=per_sample // channels,
+        blocks_per_sample=blocks_per_sample,
         DDIM=kind == "ddim",
         PREDICTION=PREDICTIONS[prediction_type],
         VARIANCE=VARIANCES[variance_type],
         CLIP=clip_range is not None,
         USE_CLIPPED=bool(use_clipped_model_output),
         NOISE=noise_mode,
-        STREAM_IN_MEMORY=stream_in_memory,
         CHANNELS_LAST=is_channels_last(sample),
         BLOCK=block,
+        **philox,
     )
     return x_prev, x0_hat
