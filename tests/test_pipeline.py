@@ -1,0 +1,195 @@
+"""The sampling pipeline against diffusers' DDPMPipeline / DDIMPipeline, Philox determinism, and the loop's
+promise of no host syncs."""
+
+import contextlib
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+
+import fastddpm
+from fastddpm.pipeline import PipelineOutput
+from tests import model_factory
+from tests.tolerances import assert_close
+
+PIPELINE_TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def small_unet():
+    # the cifar10-32 structure, tiny: pipelines compare 20 full steps, twice, per case
+    config = model_factory.small_cifar10_config(
+        sample_size=[16, 8], block_out_channels=[16, 24, 24, 24], norm_num_groups=4
+    )
+    return model_factory.random_unet(config, seed=3)
+
+
+def diffusers_pipeline(unet, sampler, **scheduler_overrides):
+    config = model_factory.ddpm_scheduler_config(num_train_timesteps=200, **scheduler_overrides)
+    if sampler == "ddpm":
+        return diffusers.DDPMPipeline(unet, diffusers.DDPMScheduler.from_config(config))
+    return diffusers.DDIMPipeline(unet, diffusers.DDIMScheduler.from_config(config))
+
+
+@pytest.mark.parametrize(
+    "sampler,steps,eta,scheduler_overrides",
+    [
+        ("ddpm", 20, 0.0, {"variance_type": "fixed_large"}),
+        ("ddpm", 20, 0.0, {"variance_type": "fixed_small", "clip_sample": False}),
+        ("ddim", 20, 0.0, {}),
+        ("ddim", 20, 1.0, {"timestep_spacing": "trailing"}),
+    ],
+)
+def test_pipeline_matches_diffusers_with_the_same_generator(
+    small_unet, sampler, steps, eta, scheduler_overrides
+):
+    theirs = diffusers_pipeline(small_unet, sampler, **scheduler_overrides)
+    ours = fastddpm.Pipeline.from_diffusers(theirs)
+    kwargs = {"eta": eta} if sampler == "ddim" else {}
+    expected = theirs(
+        batch_size=3, generator=torch.manual_seed(11), num_inference_steps=steps, output_type="np", **kwargs
+    )
+    got = ours(
+        batch_size=3,
+        generator=torch.manual_seed(11),
+        num_inference_steps=steps,
+        sampler=sampler,
+        output_type="np",
+        progress=False,
+        **kwargs,
+    )
+    assert isinstance(got, PipelineOutput)
+    assert_close(
+        torch.from_numpy(got.images), torch.from_numpy(expected.images), PIPELINE_TOL, 0, f"{sampler} np"
+    )
+
+
+def test_learned_range_variance_pipeline_matches_diffusers():
+    config = model_factory.small_cifar10_config(
+        sample_size=8, out_channels=6, block_out_channels=[16, 16, 16, 16], norm_num_groups=4
+    )
+    unet = model_factory.random_unet(config, seed=5)
+    theirs = diffusers_pipeline(unet, "ddpm", variance_type="learned_range")
+    ours = fastddpm.Pipeline.from_diffusers(theirs)
+    expected = theirs(
+        batch_size=2, generator=torch.manual_seed(2), num_inference_steps=10, output_type="pt"
+    ).images
+    got = ours(
+        batch_size=2, generator=torch.manual_seed(2), num_inference_steps=10, output_type="pt", progress=False
+    ).images
+    assert_close(got, expected, PIPELINE_TOL, 0, "learned_range")
+
+
+def test_output_types_match_diffusers_conventions(small_unet):
+    ours = fastddpm.Pipeline.from_diffusers(diffusers_pipeline(small_unet, "ddim"))
+    run = lambda kind: (
+        ours(
+            batch_size=2, num_inference_steps=3, sampler="ddim", seed=4, output_type=kind, progress=False
+        ).images
+    )  # noqa: E731
+    pt, array, pil = run("pt"), run("np"), run("pil")
+    assert pt.shape == (2, 3, 16, 8) and array.shape == (2, 16, 8, 3) and array.dtype == np.float32
+    assert 0 <= float(pt.min()) and float(pt.max()) <= 1
+    assert np.array_equal(array, pt.permute(0, 2, 3, 1).numpy())
+    assert len(pil) == 2 and pil[0].size == (8, 16) and pil[0].mode == "RGB"
+    assert np.array_equal(np.asarray(pil[1]), (array[1] * 255).round().astype(np.uint8))
+
+
+def test_philox_images_do_not_depend_on_batch_size(small_unet):
+    pipe = fastddpm.Pipeline.from_diffusers(small_unet)
+    common = dict(
+        num_inference_steps=4, sampler="ddpm", seed=123, noise="philox", output_type="pt", progress=False
+    )
+    whole = pipe(batch_size=5, **common).images
+    parts = torch.cat(
+        [pipe(batch_size=2, **common).images, pipe(batch_size=3, sample_offset=2, **common).images]
+    )
+    assert_close(parts, whole, 1e-5, 0, "batch 2 + 3 vs 5")
+    other_seed = pipe(batch_size=2, **{**common, "seed": 124}).images
+    assert (other_seed - whole[:2]).abs().max() > 0.05
+
+
+def test_default_steps_are_training_steps_for_ddpm_and_50_for_ddim(small_unet, monkeypatch):
+    pipe = fastddpm.Pipeline.from_diffusers(diffusers_pipeline(small_unet, "ddpm"))
+    seen = []
+    original = fastddpm.DDPMScheduler.set_timesteps
+
+    def spy(self, num_inference_steps=None, device=None, timesteps=None):
+        seen.append(num_inference_steps)
+        return original(self, num_inference_steps, device, timesteps)
+
+    monkeypatch.setattr(fastddpm.DDPMScheduler, "set_timesteps", spy)
+    monkeypatch.setattr(fastddpm.DDIMScheduler, "set_timesteps", spy)
+    pipe.unet.forward = lambda x, t: torch.zeros_like(x)  # the count is what matters here
+    pipe(batch_size=1, progress=False)
+    pipe(batch_size=1, sampler="ddim", progress=False)
+    assert seen == [200, 50]
+
+
+@contextlib.contextmanager
+def host_syncs_forbidden():
+    """Make every tensor-to-host conversion raise, as a device sync would stall a GPU loop."""
+    names = ["item", "tolist", "__bool__", "__int__", "__float__", "__index__"]
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def forbid(name):
+        def raising(self, *args, **kwargs):
+            raise AssertionError(f"host sync: Tensor.{name} called inside the sampling loop")
+
+        return raising
+
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, forbid(name))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
+@pytest.mark.parametrize("noise", ["philox", "torch"])
+def test_loop_step_does_no_host_sync(small_unet, noise, monkeypatch):
+    monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
+    pipe = fastddpm.Pipeline.from_diffusers(small_unet)
+    pipe(batch_size=2, num_inference_steps=3, sampler="ddpm", seed=1, noise=noise, progress=False)
+    ((loop, replay),) = pipe._loops.values()
+    assert replay is None  # eager on CPU
+    loop.start(torch.randn(loop.shape), sample_offset=7)
+    with host_syncs_forbidden():
+        for _ in range(3):
+            loop.step()
+    assert loop.step_index.tolist() == [3]
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"sampler": "euler"}, "sampler"),
+        ({"num_inference_steps": 201}, "num_inference_steps"),
+        ({"noise": "sobol"}, "noise"),
+        ({"output_type": "jpg"}, "output_type"),
+        ({"seed": -1}, "seed"),
+        ({"eta": -0.5}, "eta"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_argument(small_unet, kwargs, message):
+    pipe = fastddpm.Pipeline.from_diffusers(diffusers_pipeline(small_unet, "ddpm"))
+    with pytest.raises(ValueError, match=message):
+        pipe(progress=False, **kwargs)
+
+
+def test_to_casts_the_network_but_keeps_the_sampler_state_float32(small_unet):
+    config = model_factory.small_cifar10_config(
+        sample_size=8, block_out_channels=[16, 16, 16, 16], norm_num_groups=4
+    )
+    pipe = fastddpm.Pipeline.from_diffusers(model_factory.random_unet(config, seed=1))
+    pipe.to(dtype="bf16")
+    assert pipe.dtype == torch.bfloat16
+    images = pipe(
+        batch_size=2, num_inference_steps=2, sampler="ddim", seed=0, output_type="pt", progress=False
+    ).images
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    with pytest.raises(ValueError, match="dtype"):
+        pipe.to(dtype="int8")
