@@ -63,6 +63,11 @@ def kernel_module(name: str) -> ModuleType:
     return importlib.import_module(f"fastddpm.kernels.{name}")
 
 
+def interpreted() -> bool:
+    """Whether the kernels were defined under the Triton interpreter (TRITON_INTERPRET=1 at import)."""
+    return _kernels().INTERPRETED
+
+
 def _triton_reasons() -> list[str]:
     global _triton_checked
     if not _triton_checked:
@@ -83,14 +88,14 @@ def _device_reasons(tensors: list[torch.Tensor]) -> list[str]:
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         reasons.append(f"tensors on different devices ({', '.join(sorted(str(d) for d in devices))})")
-    interpreted = _kernels().INTERPRETED
+    in_interpreter = interpreted()
     explicit = ops.selected_backends() == ("triton",)
     for device in sorted(devices, key=str):
-        if device.type == "cuda" and not interpreted:
+        if device.type == "cuda" and not in_interpreter:
             continue
         if device.type not in ("cuda", "cpu"):
             reasons.append(f"{device.type} tensors are not supported")
-        elif not interpreted:
+        elif not in_interpreter:
             reasons.append("CPU tensors need TRITON_INTERPRET=1 set before the kernels are imported")
         elif not explicit:
             reasons.append("interpreter is for tests; set FASTDDPM_BACKEND=triton")
