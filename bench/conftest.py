@@ -1,7 +1,14 @@
-"""Test-wide settings: GPU tests skip without CUDA; torch runs single-process-deterministic on CPU."""
+"""Benchmark-wide settings: GPU benchmarks skip without CUDA; end-to-end results are written at the end."""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests.model_factory` for the random models
+
+from bench import e2e_results  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -11,3 +18,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if e2e_results.RESULTS:
+        path = e2e_results.write_results()
+        print(f"\n{e2e_results.format_table()}\nend-to-end results written to {path}")
