@@ -96,7 +96,7 @@ def _extensions():
     os.environ.setdefault("MAX_JOBS", _max_jobs_from_memory())
     # No -std flag: torch.utils.cpp_extension adds the standard torch's headers need (C++20 for torch 2.14;
     # an explicit -std=c++17 after it breaks the build).
-    cxx_flags = ["-O3"] + _cpu_vector_flags()
+    cxx_flags = ["-O3", "-g0"] + _cpu_vector_flags()
     include_dirs = [os.path.join(ROOT, "csrc")]
     if _cuda_wanted(cpp_extension):
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")

@@ -77,30 +77,33 @@ struct Params {
   bool silu;
 };
 
-// The per-(sample, channel) affine map after the statistics: y = h * a + b, then y * s1 + s0 when scaled.
+// The per-(sample, channel) map after the statistics: y = (h - mean) * a + b, then y * s1 + s0 when scaled.
+// Subtracting the mean first (rather than folding it into b, as torch does) keeps y exact when the mean is
+// large next to the spread: h * a and mean * a would then be large numbers whose difference is y.
 struct ChannelAffine {
-  float a, b, s1, s0;
+  float mean, a, b, s1, s0;
 };
 
 inline ChannelAffine channel_affine(const Params& p, int64_t n, int64_t c, int64_t channels, float mean, float rstd) {
   const float a = rstd * (p.weight ? p.weight[c] : 1.f);
-  const float b = (p.bias ? p.bias[c] : 0.f) - mean * a;
+  const float b = p.bias ? p.bias[c] : 0.f;
   const int64_t nc = n * channels + c;
   const float s1 = p.scale ? 1.f + p.scale[nc] : 1.f;
   const float s0 = (p.scale && p.shift) ? p.shift[nc] : 0.f;
-  return {a, b, s1, s0};
+  return {mean, a, b, s1, s0};
 }
 
 inline float apply_scalar(float h, const ChannelAffine& k, bool scaled, bool use_silu) {
-  float y = h * k.a + k.b;
+  float y = (h - k.mean) * k.a + k.b;
   if (scaled) {
     y = y * k.s1 + k.s0;
   }
   return use_silu ? silu(y) : y;
 }
 
-inline Vec apply_vec(const Vec& h, const Vec& a, const Vec& b, const Vec& s1, const Vec& s0, bool scaled, bool use_silu) {
-  Vec y = h * a + b;
+inline Vec apply_vec(const Vec& h, const Vec& mean, const Vec& a, const Vec& b, const Vec& s1, const Vec& s0,
+                     bool scaled, bool use_silu) {
+  Vec y = (h - mean) * a + b;
   if (scaled) {
     y = y * s1 + s0;
   }
@@ -122,11 +125,14 @@ void group_norm_nchw(const T* x, T* y, const GroupNormShape& s, const Params& p)
       T* yg = y + (n * s.channels + c0) * pixels;
       auto added = [&](int64_t cl) { return p.add ? p.add[n * s.channels + c0 + cl] : 0.f; };
 
+      // Sums of h - shift (shift: the group's first element) stay exact enough when the mean is large next
+      // to the spread; plain float sums of h lose the mean, and with it the variance, there.
+      const float shift = static_cast<float>(xg[0]) + added(0);
       Vec sum_vec(0.f);
       float sum_tail = 0.f;
       for (int64_t cl = 0; cl < per_group; ++cl) {
         const T* row = xg + cl * pixels;
-        const float a = added(cl);
+        const float a = added(cl) - shift;
         const Vec av(a);
         int64_t i = 0;
         for (; i + kLanes <= pixels; i += kLanes) {
@@ -136,7 +142,7 @@ void group_norm_nchw(const T* x, T* y, const GroupNormShape& s, const Params& p)
           sum_tail += static_cast<float>(row[i]) + a;
         }
       }
-      const float mean = (sum_lanes(sum_vec) + sum_tail) / static_cast<float>(count);
+      const float mean = shift + (sum_lanes(sum_vec) + sum_tail) / static_cast<float>(count);
 
       const Vec mean_vec(mean);
       Vec m2_vec(0.f);
@@ -163,10 +169,11 @@ void group_norm_nchw(const T* x, T* y, const GroupNormShape& s, const Params& p)
         T* out = yg + cl * pixels;
         const float a = added(cl);
         const ChannelAffine k = channel_affine(p, n, c0 + cl, s.channels, mean, rstd);
-        const Vec av(a), ka(k.a), kb(k.b), ks1(k.s1), ks0(k.s0);
+        const Vec av(a), km(k.mean), ka(k.a), kb(k.b), ks1(k.s1), ks0(k.s0);
         int64_t i = 0;
         for (; i + kLanes <= pixels; i += kLanes) {
-          store_floats(out + i, apply_vec(load_floats(row + i) + av, ka, kb, ks1, ks0, p.scale != nullptr, p.silu));
+          store_floats(out + i,
+                       apply_vec(load_floats(row + i) + av, km, ka, kb, ks1, ks0, p.scale != nullptr, p.silu));
         }
         for (; i < pixels; ++i) {
           out[i] = static_cast<T>(apply_scalar(static_cast<float>(row[i]) + a, k, p.scale != nullptr, p.silu));
@@ -176,24 +183,23 @@ void group_norm_nchw(const T* x, T* y, const GroupNormShape& s, const Params& p)
   });
 }
 
-// Adds row[c] (+ add[c]) or its squared deviation from center[c] into acc[c] for every channel of one pixel.
+// Adds h - center[c] (h = row[c] + add[c]), or its square, into acc[c] for every channel of one pixel.
 template <typename T, bool SQUARED>
 inline void accumulate_pixel(const T* row, const float* add, const float* center, float* acc, int64_t channels) {
   int64_t c = 0;
   for (; c + kLanes <= channels; c += kLanes) {
-    Vec h = load_floats(row + c) + Vec::loadu(add + c);
+    Vec d = load_floats(row + c) + Vec::loadu(add + c) - Vec::loadu(center + c);
     if constexpr (SQUARED) {
-      h = h - Vec::loadu(center + c);
-      h = h * h;
+      d = d * d;
     }
-    (Vec::loadu(acc + c) + h).store(acc + c);
+    (Vec::loadu(acc + c) + d).store(acc + c);
   }
   for (; c < channels; ++c) {
-    float h = static_cast<float>(row[c]) + add[c];
+    float d = static_cast<float>(row[c]) + add[c] - center[c];
     if constexpr (SQUARED) {
-      h = (h - center[c]) * (h - center[c]);
+      d = d * d;
     }
-    acc[c] += h;
+    acc[c] += d;
   }
 }
 
@@ -206,7 +212,9 @@ void group_norm_channels_last(const T* x, T* y, const GroupNormShape& s, const P
   const int64_t tasks = s.batch * chunks;
   std::vector<float> zeros(C, 0.f);
   std::vector<float> partial(tasks * C);
-  std::vector<float> center(s.batch * C);  // the group mean, repeated per channel
+  // Per channel, what the pass subtracts: the group's first element (the shift that keeps float sums exact,
+  // as in the NCHW kernel), then the group mean.
+  std::vector<float> center(s.batch * C);
 
   // One statistics pass: per-(sample, chunk) channel sums, then folded over chunks and the group's channels.
   auto pass = [&](auto squared_tag, std::vector<float>& group_out) {
@@ -235,20 +243,31 @@ void group_norm_channels_last(const T* x, T* y, const GroupNormShape& s, const P
   };
 
   std::vector<float> mean(s.batch * s.groups), var(s.batch * s.groups);
+  for (int64_t n = 0; n < s.batch; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t first = (c / per_group) * per_group;  // the group's first channel, at pixel 0
+      center[n * C + c] = static_cast<float>(x[n * pixels * C + first]) + (p.add ? p.add[n * C + first] : 0.f);
+    }
+  }
   pass(std::false_type{}, mean);
   for (int64_t n = 0; n < s.batch; ++n) {
     for (int64_t c = 0; c < C; ++c) {
-      center[n * C + c] = mean[n * s.groups + c / per_group];
+      const int64_t ng = n * s.groups + c / per_group;
+      if (c % per_group == 0) {
+        mean[ng] += center[n * C + c];  // shifted mean + shift
+      }
+      center[n * C + c] = mean[ng];
     }
   }
   pass(std::true_type{}, var);
 
   // Per-(sample, channel) coefficients laid out like x's channel vector, for vector loads in the write pass.
-  std::vector<float> ka(s.batch * C), kb(s.batch * C), ks1(s.batch * C), ks0(s.batch * C);
+  std::vector<float> km(s.batch * C), ka(s.batch * C), kb(s.batch * C), ks1(s.batch * C), ks0(s.batch * C);
   for (int64_t n = 0; n < s.batch; ++n) {
     for (int64_t c = 0; c < C; ++c) {
       const int64_t ng = n * s.groups + c / per_group;
       const ChannelAffine k = channel_affine(p, n, c, C, mean[ng], 1.f / std::sqrt(var[ng] + p.eps));
+      km[n * C + c] = k.mean;
       ka[n * C + c] = k.a;
       kb[n * C + c] = k.b;
       ks1[n * C + c] = k.s1;
@@ -264,15 +283,15 @@ void group_norm_channels_last(const T* x, T* y, const GroupNormShape& s, const P
       const T* row = x + np * C;
       T* out = y + np * C;
       const float* add = p.add ? p.add + n * C : zeros.data();
-      const float *a = &ka[n * C], *b = &kb[n * C], *s1 = &ks1[n * C], *s0 = &ks0[n * C];
+      const float *m = &km[n * C], *a = &ka[n * C], *b = &kb[n * C], *s1 = &ks1[n * C], *s0 = &ks0[n * C];
       int64_t c = 0;
       for (; c + kLanes <= C; c += kLanes) {
         const Vec h = load_floats(row + c) + Vec::loadu(add + c);
-        store_floats(out + c, apply_vec(h, Vec::loadu(a + c), Vec::loadu(b + c), Vec::loadu(s1 + c),
-                                        Vec::loadu(s0 + c), scaled, p.silu));
+        store_floats(out + c, apply_vec(h, Vec::loadu(m + c), Vec::loadu(a + c), Vec::loadu(b + c),
+                                        Vec::loadu(s1 + c), Vec::loadu(s0 + c), scaled, p.silu));
       }
       for (; c < C; ++c) {
-        const ChannelAffine k{a[c], b[c], s1[c], s0[c]};
+        const ChannelAffine k{m[c], a[c], b[c], s1[c], s0[c]};
         out[c] = static_cast<T>(apply_scalar(static_cast<float>(row[c]) + add[c], k, scaled, p.silu));
       }
     }

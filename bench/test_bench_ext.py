@@ -1,0 +1,107 @@
+"""fastddpm._C against torch: group_norm + SiLU (CPU and CUDA) and attention (CUDA).
+
+Run: python -m pytest bench/test_bench_ext.py --benchmark-enable [-m gpu]. Each benchmark group holds the
+extension and its torch counterpart at one shape; extra_info carries GB/s (group_norm: one read of x and
+one write of y) so the groups read as a ratio. The CPU part runs anywhere; the CUDA part is marked gpu
+(bench/gpu_check.sh runs it on a GPU).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from fastddpm import backend_ext
+
+pytestmark = pytest.mark.skipif(
+    not backend_ext.is_built(), reason="fastddpm._C is not built (pip install -e . or .ci/build_ext.sh)"
+)
+
+# The U-Net's GroupNorm inputs (32 groups): cifar10-32 at batch 1 and 8 on the CPU; plus 256 px on the GPU.
+CIFAR_SHAPES = [(c, s) for c, s in [(128, 32), (256, 16), (256, 8), (256, 4)]]
+FAMILY_256_SHAPES = [(128, 256), (256, 64), (512, 16)]
+
+
+def group_norm_inputs(batch, channels, size, dtype, device):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, size, size, generator=gen).to(device=device, dtype=dtype)
+    weight = torch.randn(channels, generator=gen).to(device=device, dtype=dtype)
+    bias = torch.randn(channels, generator=gen).to(device=device, dtype=dtype)
+    return x, weight, bias
+
+
+def group_norm_silu_torch(x, weight, bias):
+    return F.silu(F.group_norm(x, 32, weight, bias, 1e-6))
+
+
+def group_norm_silu_ext(x, weight, bias):
+    return backend_ext.group_norm(x, 32, weight, bias, 1e-6, silu=True)
+
+
+def record_bandwidth(benchmark, nbytes):
+    stats = getattr(benchmark, "stats", None)
+    if stats:  # absent under --benchmark-disable (the default in pyproject.toml)
+        benchmark.extra_info["GB/s"] = round(nbytes / stats.stats.mean / 1e9, 2)
+
+
+def run_group_norm(benchmark, impl, batch, channels, size, dtype, device, sync):
+    x, weight, bias = group_norm_inputs(batch, channels, size, dtype, device)
+    fn = group_norm_silu_ext if impl == "ext" else group_norm_silu_torch
+    benchmark.group = f"group_norm+silu {device} {dtype} {(batch, channels, size, size)}"
+
+    def call():
+        out = fn(x, weight, bias)
+        sync()
+        return out
+
+    with torch.inference_mode():
+        out = benchmark(call)
+    torch.testing.assert_close(out, group_norm_silu_torch(x, weight, bias), atol=2e-2, rtol=2e-2)
+    record_bandwidth(benchmark, 2 * x.numel() * x.element_size())
+
+
+@pytest.mark.parametrize("impl", ["ext", "torch"])
+@pytest.mark.parametrize("channels,size", CIFAR_SHAPES)
+@pytest.mark.parametrize("batch", [1, 8])
+def test_cpu_group_norm_silu(benchmark, impl, batch, channels, size):
+    run_group_norm(benchmark, impl, batch, channels, size, torch.float32, "cpu", lambda: None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["ext", "torch"])
+@pytest.mark.parametrize("channels,size", CIFAR_SHAPES + FAMILY_256_SHAPES)
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_group_norm_silu(benchmark, impl, batch, channels, size, dtype):
+    run_group_norm(benchmark, impl, batch, channels, size, dtype, "cuda", torch.cuda.synchronize)
+
+
+ATTENTION_IMPLS = {
+    "ext": lambda q, k, v: backend_ext.attention(q, k, v),
+    "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+    "sdpa_math": None,  # below: SDPA restricted to its math backend, torch's only path for every D = 512 dtype
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["ext", "sdpa", "sdpa_math"])
+@pytest.mark.parametrize("d", [256, 512])
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_attention(benchmark, impl, d, batch, dtype):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, 1, 256, d, generator=gen).to(device="cuda", dtype=dtype) for _ in range(3))
+    benchmark.group = f"attention cuda {dtype} {(batch, 1, 256, d)}"
+
+    def call():
+        if impl == "sdpa_math":
+            with sdpa_kernel(SDPBackend.MATH):
+                out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = ATTENTION_IMPLS[impl](q, k, v)
+        torch.cuda.synchronize()
+        return out
+
+    with torch.inference_mode():
+        out = benchmark(call)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=2e-2, rtol=2e-2)

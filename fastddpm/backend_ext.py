@@ -1,0 +1,222 @@
+"""The ext backend of ops: the C++/CUDA extension fastddpm._C, reached as torch.ops.fastddpm.*.
+
+Importing this module works without the extension (a source checkout, FASTDDPM_NO_EXT=1): every
+``why_not_*`` then says "not built". When fastddpm._C is there, importing this module also registers the
+ops' fake implementations, which torch.compile and CUDA graph capture need to trace through the ops
+(csrc/fastddpm_ops.cpp names this module as the place where they live).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+OPS = ("group_norm", "attention")
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 512  # csrc/attention_args.h kMaxHeadDim
+
+# (N, C, H, W) shapes (32 groups, NCHW) where torch's group_norm + silu beat this build's CPU kernel.
+# Measured with bench/test_bench_ext.py on this project's 2-core CI machine (AVX-512 CPU, AVX2 build):
+# none so far, see the table in _CPU_GROUP_NORM_MEASURED.
+_CPU_GROUP_NORM_SLOWER: frozenset[tuple[int, int, int, int]] = frozenset()
+_CPU_GROUP_NORM_MEASURED = """filled in below by the measurement"""
+
+_extension: ModuleType | None = None
+_load_error: str | None = None
+_fakes_registered = False
+
+
+def _load() -> ModuleType | None:
+    """fastddpm._C, imported once; None (and _load_error says why) when it is not built or fails to load."""
+    global _extension, _load_error
+    if _extension is None and _load_error is None:
+        try:
+            _extension = importlib.import_module("fastddpm._C")
+        except ImportError as exc:
+            _load_error = (
+                f"fastddpm._C is not built ({exc}); build it with `pip install -e .` or .ci/build_ext.sh"
+            )
+        else:
+            _register_fakes()
+    return _extension
+
+
+def is_built() -> bool:
+    return _load() is not None
+
+
+def ops_with_cuda_kernels() -> list[str]:
+    """The ops for which the loaded library registered a CUDA kernel (asks torch's dispatcher, not a flag)."""
+    if _load() is None:
+        return []
+    return [op for op in OPS if torch._C._dispatch_has_kernel_for_dispatch_key(f"fastddpm::{op}", "CUDA")]
+
+
+def cuda_kernels_built() -> bool:
+    """Whether the extension is built with a CUDA kernel for every op."""
+    return len(ops_with_cuda_kernels()) == len(OPS)
+
+
+def _result_memory_format(x: torch.Tensor) -> torch.memory_format:
+    # The kernels' rule (csrc/group_norm_args.h is_channels_last_input): channels-last stays channels-last,
+    # everything else comes back NCHW-contiguous.
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _register_fakes() -> None:
+    global _fakes_registered
+    if _fakes_registered:
+        return
+
+    @torch.library.register_fake("fastddpm::group_norm")
+    def _group_norm_fake(x, num_groups, weight, bias, eps, add, scale, shift, silu):
+        return torch.empty_like(x, memory_format=_result_memory_format(x))
+
+    @torch.library.register_fake("fastddpm::attention")
+    def _attention_fake(q, k, v, scale):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+    _fakes_registered = True
+
+
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    *,
+    add: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    silu: bool = False,
+) -> torch.Tensor:
+    """reference.group_norm through fastddpm::group_norm; see why_not_group_norm for what it serves."""
+    _load()
+    return torch.ops.fastddpm.group_norm(
+        x, int(num_groups), weight, bias, float(eps), add, scale, shift, bool(silu)
+    )
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """reference.attention through fastddpm::attention (scale defaults to D ** -0.5, as torch's SDPA)."""
+    _load()
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return torch.ops.fastddpm.attention(q, k, v, float(scale))
+
+
+def _explicitly_chosen() -> bool:
+    # FASTDDPM_BACKEND=ext asks for these kernels even where torch was measured faster: speed refusals are
+    # advice for "auto", the rest are things the kernels cannot do.
+    return os.environ.get("FASTDDPM_BACKEND", "auto").strip().lower() == "ext"
+
+
+def _common_reasons(op: str, tensors: dict[str, torch.Tensor | None]) -> list[str]:
+    """Reasons shared by every op: not built, devices, dtypes, autograd, the CPU's instruction set."""
+    extension = _load()
+    if extension is None:
+        return [_load_error or "fastddpm._C is not built"]
+    present = {name: t for name, t in tensors.items() if t is not None}
+    for name, t in present.items():
+        if not isinstance(t, torch.Tensor):
+            return [f"{op}: {name} is a {type(t).__name__}, not a tensor"]
+    first_name, first = next(iter(present.items()))
+    reasons = []
+    if first.dtype not in SUPPORTED_DTYPES:
+        reasons.append(
+            f"{op}: {first_name} has dtype {first.dtype}; the kernels take float32, float16, bfloat16"
+        )
+    device = first.device
+    if any(t.device != device for t in present.values()):
+        reasons.append(f"{op}: the tensors are on different devices")
+    if device.type == "cuda":
+        if op not in ops_with_cuda_kernels():
+            reasons.append(f"{op}: this build of fastddpm._C has no CUDA kernel (built without CUDA)")
+    elif device.type == "cpu":
+        if extension.cpu_capability == "AVX2" and torch.backends.cpu.get_cpu_capability() not in (
+            "AVX2",
+            "AVX512",
+        ):
+            reasons.append(f"{op}: fastddpm._C's CPU kernels were built for AVX2, which this CPU lacks")
+    else:
+        reasons.append(f"{op}: no kernel for device {device.type}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present.values()):
+        reasons.append(f"{op}: the kernels have no backward, and an input requires grad")
+    return reasons
+
+
+def why_not_group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    *,
+    add: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    silu: bool = False,
+) -> list[str]:
+    tensors = {"x": x, "weight": weight, "bias": bias, "add": add, "scale": scale, "shift": shift}
+    reasons = _common_reasons("group_norm", tensors)
+    if reasons and not isinstance(x, torch.Tensor):
+        return reasons
+    if x.dim() != 4:
+        return reasons + [f"group_norm: x must be 4-d (N, C, H, W), got shape {tuple(x.shape)}"]
+    n, c, h, w = x.shape
+    if not isinstance(num_groups, int) or num_groups <= 0 or c % num_groups:
+        reasons.append(f"group_norm: num_groups={num_groups} does not divide C={c}")
+    for name in ("weight", "bias"):
+        t = tensors[name]
+        if t is not None and tuple(t.shape) != (c,):
+            reasons.append(f"group_norm: {name} has shape {tuple(t.shape)}, expected ({c},)")
+    for name in ("add", "scale", "shift"):
+        t = tensors[name]
+        if t is not None and tuple(t.shape) != (n, c):
+            reasons.append(f"group_norm: {name} has shape {tuple(t.shape)}, expected ({n}, {c})")
+    if scale is None and shift is not None:
+        reasons.append("group_norm: shift without scale (reference.group_norm applies shift only with scale)")
+    if (
+        not reasons
+        and x.device.type == "cpu"
+        and not _explicitly_chosen()
+        and _result_memory_format(x) == torch.contiguous_format
+        and num_groups == 32
+        and (n, c, h, w) in _CPU_GROUP_NORM_SLOWER
+    ):
+        reasons.append(f"group_norm: torch was measured faster on CPU at {(n, c, h, w)} (see backend_ext.py)")
+    return reasons
+
+
+def why_not_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> list[str]:
+    reasons = _common_reasons("attention", {"q": q, "k": k, "v": v})
+    if reasons and not isinstance(q, torch.Tensor):
+        return reasons
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return reasons + ["attention: q, k and v must be 4-d (B, heads, L, D)"]
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        reasons.append(
+            f"attention: shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match "
+            "(k and v alike; B, heads and D shared with q)"
+        )
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        reasons.append("attention: q, k and v have different dtypes")
+    if not 1 <= q.shape[3] <= MAX_HEAD_DIM:
+        reasons.append(f"attention: head dimension {q.shape[3]} is outside 1..{MAX_HEAD_DIM}")
+    if k.shape[2] == 0 and q.shape[2] > 0:
+        reasons.append("attention: no keys (L = 0)")
+    if not reasons and q.device.type == "cpu" and not _explicitly_chosen():
+        reasons.append(_CPU_ATTENTION_REFUSAL)
+    return reasons
+
+
+# Measured: see the numbers below.
+_CPU_ATTENTION_REFUSAL = "attention: torch's SDPA was measured faster on CPU (see backend_ext.py)"
