@@ -44,6 +44,7 @@ from .checkpoint_original import (
 )
 from .hub import looks_like_hub_id, resolve_hub_id
 from .unet import UNet2D
+from .unet_config import normalise_config
 
 __all__ = ["CheckpointError", "LoadedCheckpoint", "read_checkpoint", "save_diffusers"]
 
@@ -140,6 +141,10 @@ def _read_unet_config(path: Path) -> dict[str, Any]:
     name = config.get("_class_name", "UNet2DModel")
     if name != "UNet2DModel":
         raise CheckpointError(f"{path}: describes a {name}, not a UNet2DModel")
+    try:
+        normalise_config(config)
+    except ValueError as exc:  # an unsupported or inconsistent field, named in the message
+        raise CheckpointError(f"{path}: {exc}") from exc
     return config
 
 

@@ -9,9 +9,16 @@ import torch
 
 from fastddpm.unet import UNet2D
 from fastddpm.unet_config import DIFFUSERS_DEFAULTS
-from tests.model_factory import cifar10_config, random_unet, small_256_family_config, small_cifar10_config
+from tests.model_factory import (
+    cifar10_config,
+    one_cpu_thread,  # noqa: F401  (a fixture: pytest finds it here)
+    random_unet,
+    small_256_family_config,
+    small_cifar10_config,
+)
 
 diffusers = pytest.importorskip("diffusers")
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
@@ -113,6 +120,15 @@ def test_class_embedding():
 
 
 SMALL = dict(block_out_channels=[16, 16, 32, 32], sample_size=16)
+# Two levels, one layer, attention in both directions and in the mid block: the cheapest full structure.
+TWO_LEVELS = dict(
+    block_out_channels=[16, 32],
+    layers_per_block=1,
+    down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+    up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+    sample_size=8,
+    attention_head_dim=8,
+)
 
 
 @pytest.mark.parametrize(
@@ -174,11 +190,11 @@ def test_load_state_dict_refreshes_fused_weights():
 
 def test_autograd_matches_diffusers_gradients(monkeypatch):
     monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
-    model, unet = pair(small_cifar10_config(**SMALL, attention_head_dim=8))
+    model, unet = pair(small_cifar10_config(**TWO_LEVELS))
     unet.train()
     model.train()
-    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 900])
-    target = torch.randn(2, 3, 16, 16)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 900])
+    target = torch.randn(2, 3, 8, 8)
     ((unet(x, t) - target) ** 2).mean().backward()
     ((model(x, t).sample - target) ** 2).mean().backward()
     theirs = dict(model.named_parameters())
@@ -232,10 +248,16 @@ def test_unsupported_field_raises_naming_it(field, value):
         UNet2D(small_cifar10_config(**{field: value}))
 
 
-def test_compile_traces_without_graph_breaks_in_the_unet():
-    """torch.compile friendliness: dynamo traces the forward (eager backend, so no codegen cost)."""
-    model, unet = pair(small_cifar10_config(**SMALL))
-    compiled = torch.compile(unet, backend="eager", dynamic=False)
-    x = torch.randn(2, 3, 16, 16)
+@pytest.mark.slow
+def test_compile_traces_the_whole_unet_as_one_graph(monkeypatch):
+    """torch.compile friendliness: dynamo traces the forward with fullgraph=True (eager backend: no codegen).
+
+    The torch backend of ops, warmed up by one eager call (its first call imports the backend module).
+    """
+    monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
+    model, unet = pair(small_cifar10_config(**TWO_LEVELS))
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 4])
     with torch.no_grad():
-        assert_matches(compiled(x, torch.tensor([3, 4])), model(x, torch.tensor([3, 4])).sample, "compiled")
+        unet(x, t)
+        compiled = torch.compile(unet, backend="eager", fullgraph=True, dynamic=False)
+        assert_matches(compiled(x, t), model(x, t).sample, "compiled")
