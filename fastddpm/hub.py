@@ -21,8 +21,12 @@ _CONFIGS = ["*.json"]
 _WEIGHTS = {"safetensors": ["*diffusion_pytorch_model.safetensors"], "bin": ["*diffusion_pytorch_model.bin"]}
 
 
+# A missing "dir/model.ckpt" is a missing file, not a Hub id.
+_FILE_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin", ".safetensors", ".json")
+
+
 def looks_like_hub_id(text: str) -> bool:
-    return bool(_HUB_ID.match(text)) and ".." not in text
+    return bool(_HUB_ID.match(text)) and ".." not in text and not text.lower().endswith(_FILE_SUFFIXES)
 
 
 def _env_flag(name: str) -> bool:
@@ -43,6 +47,7 @@ def resolve_hub_id(hub_id: str) -> Path:
     repo, revision = match["repo"], match["revision"]
     # Read at call time: huggingface_hub reads these variables once, when it is first imported.
     cache_dir = os.environ.get("HF_HUB_CACHE") or None
+    endpoint = os.environ.get("HF_ENDPOINT") or None
     offline = _env_flag("HF_HUB_OFFLINE")
 
     def fetch(patterns: list[str], local_only: bool) -> Path:
@@ -51,6 +56,7 @@ def resolve_hub_id(hub_id: str) -> Path:
                 repo,
                 revision=revision,
                 cache_dir=cache_dir,
+                endpoint=endpoint,
                 allow_patterns=patterns,
                 local_files_only=local_only,
             )

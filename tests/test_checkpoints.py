@@ -98,6 +98,16 @@ def test_hub_id_from_offline_cache(model, tmp_path, monkeypatch):
         read_checkpoint("google/ddpm-not-cached")
 
 
+def test_hub_id_falls_back_to_the_cache_when_the_hub_is_unreachable(model, tmp_path, monkeypatch):
+    save_hub_cache(model, tmp_path / "hub", "google/ddpm-cifar10-32")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: connection refused at once
+    monkeypatch.chdir(tmp_path)
+    loaded = read_checkpoint("google/ddpm-cifar10-32")
+    assert_same_forward(loaded.unet, model, "hub id, cache fallback")
+
+
 def test_device_dtype_and_overrides(model, tmp_path):
     folder = save_pipeline_folder(model, tmp_path / "pipe")
     loaded = read_checkpoint(
@@ -201,6 +211,8 @@ def rewrite_weights(folder: pathlib.Path, edit) -> None:
 def test_missing_path():
     with pytest.raises(CheckpointError, match="/no/such/model.ckpt: no such file"):
         read_checkpoint("/no/such/model.ckpt")
+    with pytest.raises(CheckpointError, match="runs/model.ckpt: no such file"):
+        read_checkpoint("runs/model.ckpt")  # relative, owner/name-shaped, but a file name: not a Hub id
 
 
 def test_folder_that_is_not_a_checkpoint(tmp_path):

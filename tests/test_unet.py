@@ -60,7 +60,9 @@ def test_defaults_are_unet2dmodels():
     assert theirs == DIFFUSERS_DEFAULTS
 
 
-def test_small_cifar10_structure():
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_small_cifar10_structure(backend, monkeypatch):
+    monkeypatch.setenv("FASTDDPM_BACKEND", backend)
     compare(small_cifar10_config())
 
 
