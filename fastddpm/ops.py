@@ -72,13 +72,47 @@ def why_not(backend: str, op: str, *args, **kwargs) -> list[str]:
     return list(check(*args, **kwargs))
 
 
+def _signature(value) -> object:
+    """What a backend's decision can depend on: tensor metadata and plain values, never tensor data."""
+    if isinstance(value, torch.Tensor):
+        return (value.device, value.dtype, tuple(value.shape), value.stride(), value.requires_grad)
+    if isinstance(value, PhiloxNoise):
+        return ("philox", _signature(value.sample_offset), _signature(value.stream))
+    if isinstance(value, (tuple, list)):
+        return tuple(_signature(v) for v in value)
+    return value
+
+
+# (op, backend choice, grad mode, argument signature) -> the backend that serves it. Deciding costs tens of
+# microseconds per call (each backend's checks), the U-Net makes ~100 calls per forward, and torch.compile
+# cannot trace some checks (library loads): so each decision is made once, eagerly, and then looked up.
+_decisions: dict[tuple, str] = {}
+
+
+def forget_decisions() -> None:
+    """Decide every call afresh (after a backend was rebuilt, or in tests that swap backends)."""
+    _decisions.clear()
+
+
 def _dispatch(op: str, *args, **kwargs):
     names = selected_backends()
+    key = (op, names, torch.is_grad_enabled(), _signature(args), _signature(tuple(sorted(kwargs.items()))))
+    chosen = _decisions.get(key)
+    if chosen is None:
+        if torch.compiler.is_compiling() and "torch" in names:
+            chosen = "torch"  # not decided eagerly first: the reference traces everywhere
+        else:
+            chosen = _decide(op, names, args, kwargs)
+            _decisions[key] = chosen
+    return getattr(_backend(chosen), op)(*args, **kwargs)
+
+
+def _decide(op: str, names: tuple[str, ...], args, kwargs) -> str:
     reasons: dict[str, list[str]] = {}
     for name in names:
         why = why_not(name, op, *args, **kwargs)
         if not why:
-            return getattr(_backend(name), op)(*args, **kwargs)
+            return name
         reasons[name] = why
     detail = "; ".join(f"{name}: {', '.join(why)}" for name, why in reasons.items())
     raise BackendUnavailable(f"no backend can serve {op} ({detail})")

@@ -216,7 +216,13 @@ class Pipeline:
             raise ValueError("use_cuda_graph=True needs the pipeline on a CUDA device")
         key = (*key, bool(use_cuda_graph), bool(compile))
         if key not in self._loops:
-            unet = self._compiled_unet() if compile else self.unet
+            unet = self.unet
+            if compile:
+                # one eager forward first: ops decides each call's backend eagerly, compile looks it up
+                self.unet(
+                    torch.zeros(shape, dtype=self.dtype, device=table.device), timesteps[:1].expand(shape[0])
+                )
+                unet = self._compiled_unet()
             loop = SamplingLoop(unet, table, timesteps, shape, self.dtype, step_options, noise, seed or 0)
             replay = None
             if use_cuda_graph:

@@ -7,6 +7,13 @@ from fastddpm import ops, reference
 from fastddpm.step_table import NUM_COLUMNS
 
 
+@pytest.fixture(autouse=True)
+def fresh_decisions():
+    ops.forget_decisions()
+    yield
+    ops.forget_decisions()
+
+
 def test_torch_backend_serves_everything_and_matches_reference(monkeypatch):
     monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
     x = torch.randn(3, 6, 5, 7)
@@ -52,3 +59,33 @@ def test_philox_noise_descriptor_is_drawn_by_the_torch_backend(monkeypatch):
     eps_given = torch.randn_like(x)
     xt, eps = ops.q_sample(x, torch.tensor([3, 7]), torch.linspace(0.99, 0.1, 10), eps_given)
     assert eps is eps_given and xt.shape == x.shape
+
+
+def test_each_call_signature_is_decided_once(monkeypatch):
+    monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
+    asked = []
+    original = ops.why_not
+    monkeypatch.setattr(ops, "why_not", lambda *a, **k: asked.append(a[1]) or original(*a, **k))
+    x = torch.randn(2, 4, 3, 3)
+    for _ in range(3):
+        ops.group_norm(x, 2, None, None, 1e-5)
+    assert asked == ["group_norm"]
+    ops.group_norm(torch.randn(2, 4, 3, 5), 2, None, None, 1e-5)  # another shape: decided again
+    ops.group_norm(x, 2, None, None, 1e-5, silu=True)  # another option: decided again
+    assert asked == ["group_norm"] * 3
+
+
+def test_unet_traces_into_one_graph_without_breaks():
+    from fastddpm.unet import UNet2D
+    from tests import model_factory
+
+    config = model_factory.small_cifar10_config(
+        sample_size=8, block_out_channels=[8, 8, 8, 8], norm_num_groups=4
+    )
+    unet = UNet2D.from_diffusers(model_factory.random_unet(config, seed=0))
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 3])
+    with torch.no_grad():
+        unet(x, t)  # eager first, as Pipeline(compile=True) does: every backend decision is made here
+        explanation = torch._dynamo.explain(unet)(x, t)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
