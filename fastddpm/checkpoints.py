@@ -90,17 +90,7 @@ def read_checkpoint(
         raise CheckpointError(f"{text}: no such file or folder")
 
     if location.is_dir():
-        if (location / "model_index.json").is_file() or (location / "unet" / "config.json").is_file():
-            kind, config, state, scheduler, where = (
-                "diffusers pipeline folder",
-                *_read_pipeline_folder(location),
-            )
-        elif (location / "config.json").is_file():
-            kind, config, state, scheduler, where = "diffusers model folder", *_read_flat_folder(location)
-        else:
-            raise CheckpointError(
-                f"{location}: missing model_index.json or config.json (not a diffusers folder)"
-            )
+        kind, config, state, scheduler, where = _read_diffusers_folder(location)
     else:
         kind, config, state, scheduler, where = (
             "original DDPM checkpoint",
@@ -114,26 +104,31 @@ def read_checkpoint(
     return LoadedCheckpoint(unet=unet, scheduler_config=scheduler, source=f"{kind} {source_prefix}{location}")
 
 
-def _read_pipeline_folder(folder: Path):
+def _read_diffusers_folder(folder: Path):
+    """Layouts a and b. As diffusers' pipeline loader does, each component is read from its subfolder
+    (unet/, scheduler/) when there is one and from the folder itself otherwise: the google/ddpm-* repositories
+    keep model_index.json next to a flat config.json, weights and scheduler_config.json."""
     index_path = folder / "model_index.json"
+    unet_folder = folder / "unet" if (folder / "unet").is_dir() else folder
+    if not index_path.is_file() and not (unet_folder / "config.json").is_file():
+        raise CheckpointError(f"{folder}: missing model_index.json or config.json (not a diffusers folder)")
     if index_path.is_file():
-        index = read_json(index_path, "model_index.json")
-        unet_entry = index.get("unet")
+        unet_entry = read_json(index_path, "model_index.json").get("unet")
         if not (isinstance(unet_entry, list) and len(unet_entry) == 2 and unet_entry[1] == "UNet2DModel"):
             raise CheckpointError(f"{index_path}: names unet {unet_entry!r}, not a diffusers UNet2DModel")
-    config = _read_unet_config(folder / "unet" / "config.json")
-    weights = find_weights(folder / "unet")
+    config = _read_unet_config(unet_folder / "config.json")
+    weights = find_weights(unet_folder)
     state = _fix_legacy_names(load_folder_weights(weights))
-    scheduler = read_json(folder / "scheduler" / "scheduler_config.json", "scheduler config")
-    return config, state, scheduler, weights
-
-
-def _read_flat_folder(folder: Path):
-    config = _read_unet_config(folder / "config.json")
-    weights = find_weights(folder)
-    state = _fix_legacy_names(load_folder_weights(weights))
-    scheduler = read_json(folder / "scheduler_config.json", "scheduler config (scheduler_config.json)")
-    return config, state, scheduler, weights
+    scheduler_folder = folder / "scheduler" if (folder / "scheduler").is_dir() else folder
+    scheduler = read_json(
+        scheduler_folder / "scheduler_config.json", "scheduler config (scheduler_config.json)"
+    )
+    kind = (
+        "diffusers pipeline folder"
+        if unet_folder != folder
+        else "diffusers flat folder (google/ddpm-* layout)"
+    )
+    return kind, config, state, scheduler, weights
 
 
 def _read_unet_config(path: Path) -> dict[str, Any]:

@@ -152,8 +152,11 @@ def save_flat_folder(
     *,
     legacy_attention_names: bool = False,
     weights: str = "safetensors",
+    model_index: bool = True,
 ) -> Path:
-    """Layout b, as in the google/ddpm-* repositories: config.json, weights, scheduler_config.json together.
+    """Layout b, as in the google/ddpm-* repositories: config.json, weights, scheduler_config.json together,
+    and (``model_index``) a model_index.json naming DDPMPipeline, with which DDPMPipeline.from_pretrained reads
+    the components from the folder itself.
 
     ``weights`` is "safetensors" (diffusion_pytorch_model.safetensors) or "bin" (diffusion_pytorch_model.bin,
     a torch.save'd state dict).

@@ -67,8 +67,11 @@ def test_pipeline_folder_256_family(tmp_path):
 
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
 @pytest.mark.parametrize("legacy", [False, True], ids=["current_names", "legacy_names"])
-def test_flat_google_layout(model, tmp_path, weights, legacy):
-    folder = save_flat_folder(model, tmp_path / "flat", legacy_attention_names=legacy, weights=weights)
+@pytest.mark.parametrize("model_index", [True, False], ids=["with_model_index", "without_model_index"])
+def test_flat_google_layout(model, tmp_path, weights, legacy, model_index):
+    folder = save_flat_folder(
+        model, tmp_path / "flat", legacy_attention_names=legacy, weights=weights, model_index=model_index
+    )
     if legacy:  # the file really carries the old names
         if weights == "bin":
             names = torch.load(folder / "diffusion_pytorch_model.bin", weights_only=True)
