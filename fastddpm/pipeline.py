@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import noise as noise_module
+from .auto_batch import auto_batch_size
 from .cuda_graph import capture_step
 from .sampling_loop import SamplingLoop
 from .schedulers import DDIMScheduler, DDPMScheduler, randn_tensor
@@ -136,7 +137,7 @@ class Pipeline:
     @torch.no_grad()
     def __call__(
         self,
-        batch_size: int = 1,
+        batch_size: int | str = 1,
         num_inference_steps: int | None = None,
         sampler: str = "ddpm",
         eta: float = 0.0,
@@ -157,9 +158,12 @@ class Pipeline:
         ``seed``) exactly as diffusers' DDPMPipeline / DDIMPipeline do, so the images match theirs.
         noise="philox" makes image b depend only on (seed, sample_offset + b, settings): the same images for
         any batch size, device or process split. Default steps: num_train_timesteps for ddpm, 50 for ddim.
+        batch_size="auto" (CUDA) picks the largest batch that fits in free memory (auto_batch.py).
         use_cuda_graph (default: on CUDA) replays one captured graph of U-Net + sampler step for every step;
         compile=True runs the U-Net through torch.compile.
         """
+        if batch_size == "auto":
+            batch_size = auto_batch_size(self.unet, self.sample_shape(), self.dtype)
         self._check_call(
             batch_size, num_inference_steps, sampler, eta, noise, output_type, seed, sample_offset
         )

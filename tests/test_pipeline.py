@@ -193,3 +193,38 @@ def test_to_casts_the_network_but_keeps_the_sampler_state_float32(small_unet):
     assert images.dtype == torch.float32 and torch.isfinite(images).all()
     with pytest.raises(ValueError, match="dtype"):
         pipe.to(dtype="int8")
+
+
+def test_auto_batch_size_arithmetic_and_cpu_refusal(small_unet):
+    from fastddpm.auto_batch import batch_that_fits
+
+    gib = 2**30
+    # 1 GiB fixed + 0.1 GiB per sample at the peak, 10 GiB free: (0.85 * 10 - 1) / 0.1 = 75 samples fit
+    assert batch_that_fits(10 * gib, int(1.1 * gib), int(1.2 * gib), 0) == 75
+    with pytest.raises(RuntimeError, match="not even one sample"):
+        batch_that_fits(gib, int(2 * gib), int(3 * gib), 0)
+    pipe = fastddpm.Pipeline.from_diffusers(small_unet)
+    with pytest.raises(ValueError, match="batch_size='auto' needs the pipeline on a CUDA device"):
+        pipe(batch_size="auto", progress=False)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_loop_matches_eager_and_auto_batch_runs(small_unet):
+    pipe = fastddpm.Pipeline.from_diffusers(copy_unet(small_unet)).to("cuda")
+    common = dict(
+        batch_size=4, num_inference_steps=10, seed=3, noise="philox", output_type="pt", progress=False
+    )
+    graphed = pipe(use_cuda_graph=True, **common).images
+    eager = pipe(use_cuda_graph=False, **common).images
+    assert_close(graphed, eager, 1e-5, 0, "graph vs eager")
+    again = pipe(use_cuda_graph=True, **{**common, "seed": 3}).images  # replays the cached graph
+    assert torch.equal(again, graphed)
+    assert (
+        pipe(batch_size="auto", num_inference_steps=1, progress=False, output_type="pt").images.shape[0] >= 64
+    )
+
+
+def copy_unet(unet):
+    import copy
+
+    return copy.deepcopy(unet)
