@@ -163,11 +163,17 @@ def _read_original_file(path: Path, overrides: dict[str, Any]):
 
 
 def _fix_legacy_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """query/key/value/proj_attn -> to_q/to_k/to_v/to_out.0, as diffusers' _fix_state_dict_keys_on_load."""
+    """query/key/value/proj_attn -> to_q/to_k/to_v/to_out.0, as diffusers' _fix_state_dict_keys_on_load.
+
+    Some old exports keep those projections as (C, C, 1, 1) 1x1-conv weights: they become (C, C)."""
     fixed = {}
     for name, tensor in state.items():
         match = _LEGACY_ATTENTION.match(name)
-        fixed[f"{match[1]}.{_LEGACY_TARGET[match[2]]}.{match[3]}" if match else name] = tensor
+        if match:
+            name = f"{match[1]}.{_LEGACY_TARGET[match[2]]}.{match[3]}"
+            if tensor.dim() == 4 and tensor.shape[2:] == (1, 1):
+                tensor = tensor[:, :, 0, 0]
+        fixed[name] = tensor
     return fixed
 
 
@@ -243,7 +249,7 @@ def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
     def convert(value):
         if isinstance(value, (tuple, list)):
             return [convert(v) for v in value]
-        if isinstance(value, torch.Tensor):
+        if hasattr(value, "tolist"):  # tensors, numpy arrays and scalars (trained_betas)
             return value.tolist()
         return value
 

@@ -89,6 +89,17 @@ def test_flat_google_layout(model, tmp_path, weights, legacy, model_index):
     )
 
 
+def test_legacy_attention_weights_stored_as_1x1_convs(model, tmp_path):
+    folder = save_flat_folder(model, tmp_path / "flat", legacy_attention_names=True)
+
+    def as_convs(state):
+        for name in [n for n in state if n.endswith((".query.weight", ".key.weight", ".value.weight"))]:
+            state[name] = state[name][:, :, None, None].contiguous()
+
+    rewrite_weights(folder, as_convs)
+    assert_same_forward(read_checkpoint(folder).unet, model, "legacy 1x1-conv attention weights")
+
+
 def test_hub_id_from_offline_cache(model, tmp_path, monkeypatch):
     save_hub_cache(model, tmp_path / "hub", "google/ddpm-cifar10-32", legacy_attention_names=True)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
