@@ -228,3 +228,16 @@ def copy_unet(unet):
     import copy
 
     return copy.deepcopy(unet)
+
+
+def test_load_from_a_saved_folder_samples_what_the_in_memory_pipeline_samples(small_unet, tmp_path):
+    theirs = diffusers_pipeline(small_unet, "ddpm", variance_type="fixed_large")
+    theirs.save_pretrained(tmp_path / "saved")
+    loaded = fastddpm.load(tmp_path / "saved")
+    in_memory = fastddpm.Pipeline.from_diffusers(theirs)
+    assert loaded.scheduler.config.variance_type == "fixed_large"
+    common = dict(batch_size=2, num_inference_steps=5, seed=9, noise="philox", output_type="pt", progress=False)
+    assert_close(loaded(**common).images, in_memory(**common).images, 1e-6, 0, "loaded vs in memory")
+    loaded.save_pretrained(tmp_path / "resaved")
+    again = fastddpm.load(tmp_path / "resaved")
+    assert_close(again(**common).images, in_memory(**common).images, 1e-6, 0, "resaved")
