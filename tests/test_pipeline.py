@@ -241,3 +241,12 @@ def test_load_from_a_saved_folder_samples_what_the_in_memory_pipeline_samples(sm
     loaded.save_pretrained(tmp_path / "resaved")
     again = fastddpm.load(tmp_path / "resaved")
     assert_close(again(**common).images, in_memory(**common).images, 1e-6, 0, "resaved")
+
+
+def test_channels_last_gives_the_same_images(small_unet):
+    pipe = fastddpm.Pipeline.from_diffusers(copy_unet(small_unet))
+    common = dict(batch_size=3, num_inference_steps=4, seed=2, noise="philox", output_type="pt", progress=False)
+    nchw = pipe(channels_last=False, **common).images
+    nhwc = pipe(channels_last=True, **common).images
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert_close(nhwc, nchw, 1e-5, 0, "channels_last vs contiguous")
