@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .unet_blocks import DownBlock, MidBlock, UpBlock, concat_parameters
+from .unet_blocks import DownBlock, MidBlock, UpBlock, concat_parameters, drop_fused_caches
 from .unet_config import DOWN_BLOCKS, UP_BLOCKS, normalise_config
 
 
@@ -167,7 +167,9 @@ class UNet2D(nn.Module):
         self.timestep_frequencies = timestep_frequencies(self._half_dim, self.config["freq_shift"]).to(device)
 
     def _apply(self, fn, recurse=True):
-        # Keep the timestep frequencies float32 (diffusers computes the embedding in float32) on any dtype cast.
+        # Keep the timestep frequencies float32 (diffusers computes the embedding in float32) on any dtype cast,
+        # and drop the fused-weight caches, which would otherwise keep the old copies of the weights alive.
+        drop_fused_caches(self)
         super()._apply(fn, recurse)
         frequencies = self.timestep_frequencies
         if frequencies.dtype != torch.float32 and not frequencies.is_meta:
@@ -219,8 +221,8 @@ class UNet2D(nn.Module):
 
         # diffusers applies SiLU to emb before each resnet's time_emb_proj; one matmul does all of them.
         projections = [r.time_emb_proj for r in self._resnets_in_order]
-        weight = concat_parameters(self, "temb_weight", [p.weight for p in projections])
-        bias = concat_parameters(self, "temb_bias", [p.bias for p in projections])
+        weight = concat_parameters(self, "temb_weight", [projection.weight for projection in projections])
+        bias = concat_parameters(self, "temb_bias", [projection.bias for projection in projections])
         tembs = list(torch.split(F.linear(F.silu(emb), weight, bias), self._temb_sizes, dim=1))
         tembs.reverse()  # blocks pop() them in forward order
 

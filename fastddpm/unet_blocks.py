@@ -19,15 +19,19 @@ def concat_parameters(owner: nn.Module, key: str, tensors: list[torch.Tensor]) -
     """torch.cat(tensors) along dim 0, cached on ``owner`` until one of the tensors changes.
 
     The diffusers-named parameters stay the source of truth; the fused copy (QKV weights, all time-embedding
-    projections) is rebuilt when a parameter is replaced (``.to()``, new data pointer) or written in place
-    (``load_state_dict``, an optimiser step: the tensor's version counter moves). While autograd needs the
+    projections) is rebuilt when a parameter's data is replaced (new data pointer) or written in place
+    (``load_state_dict``, an optimiser step: the tensor's version counter moves). The cache holds the source
+    tensors it was built from, so their memory cannot be reused by a new tensor at the same address
+    (UNet2D._apply drops the caches, so ``.to()`` does not keep old copies alive). While autograd needs the
     gradient of the parameters, or under torch.compile (which fuses the cat itself), the cat is done every call.
     """
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         return torch.cat(tensors)
-    if any(t.is_inference() for t in tensors):  # inference tensors have no version counter to watch
+    try:
+        # data_ptr changes when a parameter is replaced or moved, _version on every in-place write.
+        stamp = tuple([(t.data_ptr(), t._version) for t in tensors])
+    except RuntimeError:  # inference tensors keep no version counter: nothing to cache safely
         return torch.cat(tensors)
-    stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
     cache = owner.__dict__.setdefault("_fused_cache", {})
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
@@ -35,8 +39,14 @@ def concat_parameters(owner: nn.Module, key: str, tensors: list[torch.Tensor]) -
     # A normal tensor even inside inference_mode, so the cache stays usable outside it.
     with torch.inference_mode(False), torch.no_grad():
         fused = torch.cat(tensors)
-    cache[key] = (stamp, fused)
+        sources = [t.detach() for t in tensors]
+    cache[key] = (stamp, fused, sources)
     return fused
+
+
+def drop_fused_caches(module: nn.Module) -> None:
+    for child in module.modules():
+        child.__dict__.pop("_fused_cache", None)
 
 
 class ResnetBlock2D(nn.Module):

@@ -332,7 +332,7 @@ def test_pickle_that_would_run_code_is_refused(model, tmp_path, where):
         folder = flat(model, tmp_path, weights="bin")
         target = folder / "diffusion_pytorch_model.bin"
     with open(target, "wb") as handle:
-        pickle.dump(payload, handle)  # a plain pickle file
+        pickle.dump(payload, handle, protocol=2)  # a plain pickle file
     torch.save(payload, tmp_path / "evil_zip.pt")  # and torch's zip format
     for path in (target.parent if where == "flat_bin" else target, tmp_path / "evil_zip.pt"):
         with pytest.raises(CheckpointError, match="refused to unpickle|unreadable"):

@@ -190,6 +190,23 @@ def test_load_state_dict_refreshes_fused_weights():
         assert_matches(unet(x, t), model_b(x, t).sample, "after load_state_dict")
 
 
+def test_fused_weights_follow_dtype_round_trips_and_data_swaps():
+    model, unet = pair(small_cifar10_config(**TWO_LEVELS))
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([30, 700])
+    with torch.no_grad():
+        unet(x, t)  # fills the caches
+        unet.half().float()  # the weights change (float16 rounding); a stale cache would not see it
+        model.half().float()
+        assert_matches(unet(x, t), model(x, t).sample, "after half().float()")
+        for mine, theirs in (
+            (unet.down_blocks[1].attentions[0].to_v, model.down_blocks[1].attentions[0].to_v),
+        ):
+            fresh = torch.randn(mine.weight.shape) * 0.3
+            mine.weight.data = fresh.clone()
+            theirs.weight.data = fresh.clone()
+        assert_matches(unet(x, t), model(x, t).sample, "after a .data swap")
+
+
 def test_autograd_matches_diffusers_gradients(monkeypatch):
     monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
     model, unet = pair(small_cifar10_config(**TWO_LEVELS))
