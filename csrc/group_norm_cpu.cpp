@@ -1,10 +1,9 @@
 // fastddpm::group_norm on the CPU: GroupNorm(x + add) * weight + bias, then * (1 + scale) + shift, then SiLU,
 // in one kernel with float32 statistics, vectorised with at::vec and parallel with at::parallel_for.
 //
-// NCHW: one task per (sample, group); the group's C/G rows are read three times (sum, sum of squared
-// deviations, write) while they sit in L1/L2, so main memory sees one read of x and one write of y where
-// torch's group_norm + silu reads x twice and y once and writes y twice. Two passes for the variance keep
-// it exact for inputs whose mean is large next to their spread.
+// NCHW: one task per (sample, group); the group's C/G rows are read twice (shifted sums, write) while
+// they sit in L1/L2, so main memory sees one read of x and one write of y where torch's group_norm + silu
+// reads x twice and y once and writes y twice.
 // Channels-last: the group's channels are C/G neighbours inside each pixel's C-vector, so the kernel
 // accumulates per-channel sums vectorised over C for chunks of pixels, folds channels into groups, and
 // writes vectorised over C.
@@ -14,6 +13,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -115,8 +115,9 @@ void group_norm_nchw(const T* x, T* y, const GroupNormShape& s, const Params& p)
   const int64_t per_group = s.channels / s.groups;
   const int64_t pixels = s.pixels;
   const int64_t count = per_group * pixels;
-  // Tasks of at least ~32k elements, so small groups are batched per thread instead of one task each.
-  const int64_t grain = std::max<int64_t>(1, 32768 / count);
+  // Tasks of at least ~4k elements: smaller ones cost more in OpenMP hand-off than they save. (With 32k, as
+  // torch's GRAIN_SIZE, (8, 256, 4, 4) ran on one thread and lost to torch on 2: 93 us vs 78 us.)
+  const int64_t grain = std::max<int64_t>(1, 4096 / count);
   at::parallel_for(0, s.batch * s.groups, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / s.groups;
@@ -125,43 +126,32 @@ void group_norm_nchw(const T* x, T* y, const GroupNormShape& s, const Params& p)
       T* yg = y + (n * s.channels + c0) * pixels;
       auto added = [&](int64_t cl) { return p.add ? p.add[n * s.channels + c0 + cl] : 0.f; };
 
-      // Sums of h - shift (shift: the group's first element) stay exact enough when the mean is large next
-      // to the spread; plain float sums of h lose the mean, and with it the variance, there.
+      // One pass of sums of d = h - shift and d^2 (shift: the group's first element). Shifted, the float
+      // sums keep the mean and the variance when the mean is large next to the spread; plain sums of h and
+      // h^2 lose both there (torch's channels-last CPU kernel misses by 28 at mean 100, spread 0.01).
       const float shift = static_cast<float>(xg[0]) + added(0);
-      Vec sum_vec(0.f);
-      float sum_tail = 0.f;
+      Vec sum_vec(0.f), sq_vec(0.f);
+      float sum_tail = 0.f, sq_tail = 0.f;
       for (int64_t cl = 0; cl < per_group; ++cl) {
         const T* row = xg + cl * pixels;
         const float a = added(cl) - shift;
         const Vec av(a);
         int64_t i = 0;
         for (; i + kLanes <= pixels; i += kLanes) {
-          sum_vec += load_floats(row + i) + av;
+          const Vec d = load_floats(row + i) + av;
+          sum_vec += d;
+          sq_vec = at::vec::fmadd(d, d, sq_vec);
         }
         for (; i < pixels; ++i) {
-          sum_tail += static_cast<float>(row[i]) + a;
+          const float d = static_cast<float>(row[i]) + a;
+          sum_tail += d;
+          sq_tail += d * d;
         }
       }
-      const float mean = shift + (sum_lanes(sum_vec) + sum_tail) / static_cast<float>(count);
-
-      const Vec mean_vec(mean);
-      Vec m2_vec(0.f);
-      float m2_tail = 0.f;
-      for (int64_t cl = 0; cl < per_group; ++cl) {
-        const T* row = xg + cl * pixels;
-        const float a = added(cl);
-        const Vec av(a);
-        int64_t i = 0;
-        for (; i + kLanes <= pixels; i += kLanes) {
-          const Vec d = load_floats(row + i) + av - mean_vec;
-          m2_vec = at::vec::fmadd(d, d, m2_vec);
-        }
-        for (; i < pixels; ++i) {
-          const float d = static_cast<float>(row[i]) + a - mean;
-          m2_tail += d * d;
-        }
-      }
-      const float var = (sum_lanes(m2_vec) + m2_tail) / static_cast<float>(count);
+      const float shifted_mean = (sum_lanes(sum_vec) + sum_tail) / static_cast<float>(count);
+      const float var = std::max(
+          (sum_lanes(sq_vec) + sq_tail) / static_cast<float>(count) - shifted_mean * shifted_mean, 0.f);
+      const float mean = shift + shifted_mean;
       const float rstd = 1.f / std::sqrt(var + p.eps);
 
       for (int64_t cl = 0; cl < per_group; ++cl) {
@@ -183,23 +173,20 @@ void group_norm_nchw(const T* x, T* y, const GroupNormShape& s, const Params& p)
   });
 }
 
-// Adds h - center[c] (h = row[c] + add[c]), or its square, into acc[c] for every channel of one pixel.
-template <typename T, bool SQUARED>
-inline void accumulate_pixel(const T* row, const float* add, const float* center, float* acc, int64_t channels) {
+// Adds d = h - shift[c] (h = row[c] + add[c]) and d^2 into sum[c] and sq[c] for every channel of one pixel.
+template <typename T>
+inline void accumulate_pixel(const T* row, const float* add, const float* shift, float* sum, float* sq,
+                             int64_t channels) {
   int64_t c = 0;
   for (; c + kLanes <= channels; c += kLanes) {
-    Vec d = load_floats(row + c) + Vec::loadu(add + c) - Vec::loadu(center + c);
-    if constexpr (SQUARED) {
-      d = d * d;
-    }
-    (Vec::loadu(acc + c) + d).store(acc + c);
+    const Vec d = load_floats(row + c) + Vec::loadu(add + c) - Vec::loadu(shift + c);
+    (Vec::loadu(sum + c) + d).store(sum + c);
+    at::vec::fmadd(d, d, Vec::loadu(sq + c)).store(sq + c);
   }
   for (; c < channels; ++c) {
-    float d = static_cast<float>(row[c]) + add[c] - center[c];
-    if constexpr (SQUARED) {
-      d = d * d;
-    }
-    acc[c] += d;
+    const float d = static_cast<float>(row[c]) + add[c] - shift[c];
+    sum[c] += d;
+    sq[c] += d * d;
   }
 }
 
@@ -211,67 +198,49 @@ void group_norm_channels_last(const T* x, T* y, const GroupNormShape& s, const P
   const int64_t chunks = std::min<int64_t>(pixels, std::max<int64_t>(1, at::get_num_threads() / s.batch));
   const int64_t tasks = s.batch * chunks;
   std::vector<float> zeros(C, 0.f);
-  std::vector<float> partial(tasks * C);
-  // Per channel, what the pass subtracts: the group's first element (the shift that keeps float sums exact,
-  // as in the NCHW kernel), then the group mean.
-  std::vector<float> center(s.batch * C);
-
-  // One statistics pass: per-(sample, chunk) channel sums, then folded over chunks and the group's channels.
-  auto pass = [&](auto squared_tag, std::vector<float>& group_out) {
-    constexpr bool kSquared = decltype(squared_tag)::value;
-    std::fill(partial.begin(), partial.end(), 0.f);
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / chunks, k = task % chunks;
-        const float* add = p.add ? p.add + n * C : zeros.data();
-        for (int64_t px = k * pixels / chunks; px < (k + 1) * pixels / chunks; ++px) {
-          accumulate_pixel<T, kSquared>(x + (n * pixels + px) * C, add, center.data() + n * C, partial.data() + task * C, C);
-        }
-      }
-    });
-    for (int64_t n = 0; n < s.batch; ++n) {
-      for (int64_t g = 0; g < s.groups; ++g) {
-        float total = 0.f;
-        for (int64_t k = 0; k < chunks; ++k) {
-          for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
-            total += partial[(n * chunks + k) * C + c];
-          }
-        }
-        group_out[n * s.groups + g] = total / count;
-      }
-    }
-  };
-
-  std::vector<float> mean(s.batch * s.groups), var(s.batch * s.groups);
+  std::vector<float> partial_sum(tasks * C, 0.f), partial_sq(tasks * C, 0.f);
+  // Per channel, the group's first element (pixel 0): the shift that keeps float sums exact, as in NCHW.
+  std::vector<float> shift(s.batch * C);
   for (int64_t n = 0; n < s.batch; ++n) {
     for (int64_t c = 0; c < C; ++c) {
-      const int64_t first = (c / per_group) * per_group;  // the group's first channel, at pixel 0
-      center[n * C + c] = static_cast<float>(x[n * pixels * C + first]) + (p.add ? p.add[n * C + first] : 0.f);
+      const int64_t first = (c / per_group) * per_group;
+      shift[n * C + c] = static_cast<float>(x[n * pixels * C + first]) + (p.add ? p.add[n * C + first] : 0.f);
     }
   }
-  pass(std::false_type{}, mean);
-  for (int64_t n = 0; n < s.batch; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t ng = n * s.groups + c / per_group;
-      if (c % per_group == 0) {
-        mean[ng] += center[n * C + c];  // shifted mean + shift
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / chunks, k = task % chunks;
+      const float* add = p.add ? p.add + n * C : zeros.data();
+      for (int64_t px = k * pixels / chunks; px < (k + 1) * pixels / chunks; ++px) {
+        accumulate_pixel<T>(x + (n * pixels + px) * C, add, &shift[n * C], &partial_sum[task * C],
+                            &partial_sq[task * C], C);
       }
-      center[n * C + c] = mean[ng];
     }
-  }
-  pass(std::true_type{}, var);
+  });
 
   // Per-(sample, channel) coefficients laid out like x's channel vector, for vector loads in the write pass.
   std::vector<float> km(s.batch * C), ka(s.batch * C), kb(s.batch * C), ks1(s.batch * C), ks0(s.batch * C);
   for (int64_t n = 0; n < s.batch; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t ng = n * s.groups + c / per_group;
-      const ChannelAffine k = channel_affine(p, n, c, C, mean[ng], 1.f / std::sqrt(var[ng] + p.eps));
-      km[n * C + c] = k.mean;
-      ka[n * C + c] = k.a;
-      kb[n * C + c] = k.b;
-      ks1[n * C + c] = k.s1;
-      ks0[n * C + c] = k.s0;
+    for (int64_t g = 0; g < s.groups; ++g) {
+      float total = 0.f, total_sq = 0.f;
+      for (int64_t k = 0; k < chunks; ++k) {
+        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+          total += partial_sum[(n * chunks + k) * C + c];
+          total_sq += partial_sq[(n * chunks + k) * C + c];
+        }
+      }
+      const float shifted_mean = total / count;
+      const float var = std::max(total_sq / count - shifted_mean * shifted_mean, 0.f);
+      const float mean = shift[n * C + g * per_group] + shifted_mean;
+      const float rstd = 1.f / std::sqrt(var + p.eps);
+      for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+        const ChannelAffine k = channel_affine(p, n, c, C, mean, rstd);
+        km[n * C + c] = k.mean;
+        ka[n * C + c] = k.a;
+        kb[n * C + c] = k.b;
+        ks1[n * C + c] = k.s1;
+        ks0[n * C + c] = k.s0;
+      }
     }
   }
 

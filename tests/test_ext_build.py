@@ -42,10 +42,14 @@ def test_the_ci_build_has_cuda_kernels():
 
 
 @built
-def test_cpu_build_records_its_vector_instruction_set():
+def test_cpu_kernels_are_built_for_an_instruction_set_this_machine_has():
     import fastddpm._C as extension
 
-    assert extension.cpu_capability in ("AVX2", "DEFAULT")
+    here = torch.backends.cpu.get_cpu_capability()
+    assert backend_ext._CPU_CAPABILITY_RANK[extension.cpu_capability] <= backend_ext._CPU_CAPABILITY_RANK.get(
+        here, 0
+    )
+    assert backend_ext.why_not_group_norm(torch.randn(1, 4, 3, 3), 2, None, None, 1e-5) == []
 
 
 def test_fastddpm_imports_and_explains_without_the_extension():
@@ -64,3 +68,41 @@ def test_fastddpm_imports_and_explains_without_the_extension():
     env = dict(os.environ, FASTDDPM_BACKEND="auto")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+@built
+def test_pipeline_on_the_ext_backend_matches_the_torch_backend(monkeypatch):
+    """A tiny random cifar10-32-shaped U-Net sampled end to end: FASTDDPM_BACKEND=ext against =torch on CPU."""
+    import fastddpm
+    from fastddpm import backend_torch
+    from tests import model_factory
+    from tests.tolerances import assert_close
+
+    unet = model_factory.random_unet(model_factory.small_cifar10_config(sample_size=[16, 8]), seed=3)
+    pipe = fastddpm.Pipeline.from_diffusers(unet)
+    run = dict(batch_size=3, num_inference_steps=3, sampler="ddpm", seed=5, noise="philox", output_type="pt")
+    monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
+    expected = pipe(**run, progress=False).images
+
+    # The ext backend implements group_norm and attention only, and ops.py does not fall back for a named
+    # backend: lend it the torch backend's sampler ops for this run (the lead may make ops.py do this).
+    for op in ("q_sample", "sampler_step"):
+        monkeypatch.setattr(backend_ext, op, getattr(backend_torch, op), raising=False)
+        monkeypatch.setattr(
+            backend_ext, f"why_not_{op}", getattr(backend_torch, f"why_not_{op}"), raising=False
+        )
+    calls = {"group_norm": 0, "attention": 0}
+    for op in calls:
+        monkeypatch.setattr(backend_ext, op, _counting(op, getattr(backend_ext, op), calls))
+    monkeypatch.setenv("FASTDDPM_BACKEND", "ext")
+    got = pipe(**run, progress=False).images
+    assert calls["group_norm"] > 0 and calls["attention"] > 0, calls
+    assert_close(got, expected, 1e-4, 0, "pipeline images, ext vs torch backend")
+
+
+def _counting(name, function, calls):
+    def counted(*args, **kwargs):
+        calls[name] += 1
+        return function(*args, **kwargs)
+
+    return counted
