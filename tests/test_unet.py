@@ -268,12 +268,11 @@ def test_unsupported_field_raises_naming_it(field, value):
 
 
 @pytest.mark.slow
-def test_compile_traces_the_whole_unet_as_one_graph(monkeypatch):
+def test_compile_traces_the_whole_unet_as_one_graph():
     """torch.compile friendliness: dynamo traces the forward with fullgraph=True (eager backend: no codegen).
 
-    The torch backend of ops, warmed up by one eager call (its first call imports the backend module).
+    Through the default backend choice, warmed up by one eager call (ops imports its backends on first use).
     """
-    monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
     model, unet = pair(small_cifar10_config(**TWO_LEVELS))
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 4])
     with torch.no_grad():
