@@ -29,7 +29,7 @@ def box_muller(r0, r1):
     """N(0, 1) float32 from two uint32 words: u1 in (0, 1), u2 in [0, 1), both exact in float32."""
     u1 = ((r0 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
     u2 = (r1 >> 8).to(tl.float32) * (1.0 / 16777216.0)
-    return tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
+    return tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
 
 
 @triton.jit
