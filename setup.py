@@ -118,7 +118,9 @@ def _extensions():
     # -fopenmp: at::parallel_for is a header template that runs serially unless _OPENMP is defined
     # (torch's pip wheels use OpenMP; measured: the CPU group_norm ran on one of 2 cores without it).
     # -g0 drops the -g that Python's build flags add: smaller objects, faster compiles.
-    cxx_flags = ["-O3", "-g0", "-fopenmp"] + _cpu_vector_flags()
+    # The false positives gcc 12 prints for its own AVX-512 intrinsics and torch's clang pragmas.
+    quiet = ["-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
+    cxx_flags = ["-O3", "-g0", "-fopenmp"] + quiet + _cpu_vector_flags()
     link_flags = ["-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if _cuda_wanted(cpp_extension):

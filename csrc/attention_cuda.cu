@@ -82,9 +82,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const T* __restrict
     __syncthreads();  // the previous tile is consumed (first pass: nothing to wait for but q_tile's writes)
     for (int idx = threadIdx.x; idx < kBlockN * d; idx += kThreads) {
       const bool present = j0 + idx / d < len_k;
-      const int64_t at = int64_t(j0) * d + idx;
-      k_tile[idx] = present ? static_cast<float>(k_head[at]) : 0.f;
-      v_tile[idx] = present ? static_cast<float>(v_head[at]) : 0.f;
+      const int64_t offset = int64_t(j0) * d + idx;
+      k_tile[idx] = present ? static_cast<float>(k_head[offset]) : 0.f;
+      v_tile[idx] = present ? static_cast<float>(v_head[offset]) : 0.f;
     }
     __syncthreads();
 

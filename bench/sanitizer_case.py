@@ -1,0 +1,66 @@
+"""A tiny run of every CUDA kernel path of fastddpm._C, for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck  --error-exitcode 1 python bench/sanitizer_case.py
+    compute-sanitizer --tool racecheck --error-exitcode 1 python bench/sanitizer_case.py
+
+Covers group_norm's shared-memory kernel and split reduction, NCHW and channels-last, 16-byte vector and
+scalar accesses, float32 and bfloat16; attention at D = 24 (partial warps), 300 (the D <= 512 path) and a
+sequence length that is not a multiple of the 16-row / 16-key tiles. Exits non-zero on a wrong result.
+"""
+
+import sys
+
+import torch
+
+from fastddpm import backend_ext, reference
+
+
+def check(name, actual, expected, tol):
+    error = (actual.float() - expected.float()).abs().max().item()
+    print(f"{name}: max |error| {error:.3g}")
+    return error <= tol
+
+
+def main() -> int:
+    if not torch.cuda.is_available() or not backend_ext.cuda_kernels_built():
+        print("needs a CUDA device and fastddpm._C built with CUDA kernels")
+        return 2
+    gen = torch.Generator().manual_seed(0)
+    ok = True
+    # (shape, groups): one group of 3 x 35 (shared, scalar: 35 % 4 != 0), 4 x 64 (shared, vector),
+    # 4 x 80 x 80 = 25600 elements (split reduction, vector), 3 x 70 x 61 (split, scalar).
+    cases = [((3, 6, 5, 7), 2), ((2, 8, 8, 8), 2), ((1, 8, 80, 80), 2), ((1, 6, 70, 61), 2)]
+    for shape, groups in cases:
+        for dtype in (torch.float32, torch.bfloat16):
+            for channels_last in (False, True):
+                x = torch.randn(shape, generator=gen).to(dtype=dtype)
+                if channels_last:
+                    x = x.to(memory_format=torch.channels_last)
+                n, c = shape[:2]
+                weight, bias = (torch.randn(c, generator=gen).cuda() for _ in range(2))
+                add, scale, shift = (torch.randn(n, c, generator=gen).cuda() for _ in range(3))
+                x = x.cuda()
+                kwargs = dict(add=add, scale=scale, shift=shift, silu=True)
+                actual = backend_ext.group_norm(x, groups, weight, bias, 1e-6, **kwargs)
+                expected = reference.group_norm(x, groups, weight, bias, 1e-6, **kwargs)
+                layout = "channels_last" if channels_last else "nchw"
+                ok &= check(f"group_norm {shape} {dtype} {layout}", actual, expected, 2e-2)
+    for batch, heads, len_q, len_k, d in [(2, 2, 19, 35, 24), (1, 1, 17, 20, 300)]:
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k, v = (
+                torch.randn(batch, heads, length, d, generator=gen).to(device="cuda", dtype=dtype)
+                for length in (len_q, len_k, len_k)
+            )
+            actual = backend_ext.attention(q, k, v)
+            ok &= check(
+                f"attention {(batch, heads, len_q, len_k, d)} {dtype}",
+                actual,
+                reference.attention(q, k, v),
+                2e-2,
+            )
+    torch.cuda.synchronize()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
