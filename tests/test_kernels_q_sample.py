@@ -169,6 +169,61 @@ def test_import_fastddpm_and_dispatch_work_without_triton():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+# ------------------------------------------------------------------------------------ compile for CUDA
+
+# The richest variant of every kernel, compiled for sm_90 by triton's own compiler (no GPU needed): the
+# interpreter runs Python semantics and misses typing and lowering errors that only a compile shows.
+_COMPILE_SCRIPT = """
+import itertools, triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+from fastddpm import backend_triton as bt
+assert not bt.interpreted()
+def compile(module, kernel, signature, constexprs):
+    fn = getattr(bt.kernel_module(module), kernel)
+    signature = {**signature, **{name: "constexpr" for name in constexprs}}
+    indexed = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
+    triton.compile(ASTSource(fn, signature, indexed), target=GPUTarget("cuda", 90, 32))
+i32, counters = "i32", dict(seed="u64", sample_offset="*i64", stream="i64")
+in_memory = dict(OFFSET_IN_MEMORY=True, STREAM_IN_MEMORY=False)
+compile("philox", "_philox_kernel", dict(words_ptr="*i64", normal_ptr="*fp32", **counters, batch=i32, per_sample=i32),
+        dict(**in_memory, WRITE_WORDS=True, BLOCK=1024))
+compile("q_sample", "_q_sample_kernel", dict(x0_ptr="*bf16", eps_ptr="*bf16", out_ptr="*bf16", timesteps_ptr="*i64",
+        abar_ptr="*fp32", **counters, per_sample=i32, channels=i32, spatial=i32, blocks_per_sample=i32),
+        dict(PHILOX=True, **in_memory, CHANNELS_LAST=True, BLOCK=1024))
+for model, prediction, variance, ddim in [("fp16", 1, 2, True), ("fp32", 0, 1, False), ("bf16", 2, 0, True)]:
+    compile("sampler_step", "_sampler_step_kernel", dict(model_output_ptr="*" + model, sample_ptr="*fp32",
+            coeffs_ptr="*fp32", noise_ptr="*fp32", x_prev_ptr="*fp32", x0_ptr="*fp32", **counters, clip_range="fp32",
+            coeffs_stride=i32, per_sample=i32, channels=i32, spatial=i32, blocks_per_sample=i32),
+            dict(DDIM=ddim, PREDICTION=prediction, VARIANCE=variance, CLIP=True, USE_CLIPPED=ddim, NOISE=2,
+                 **in_memory, CHANNELS_LAST=True, BLOCK=1024))
+shape = dict(num_groups=i32, channels=i32, group_channels=i32, spatial=i32)
+pointers = dict(x_ptr="*fp16", out_ptr="*fp16", add_ptr="*fp32", weight_ptr="*fp32", bias_ptr="*fp32",
+                scale_ptr="*fp32", shift_ptr="*fp32")
+flags = dict(HAS_ADD=True, HAS_WEIGHT=True, HAS_BIAS=True, HAS_SCALE_SHIFT=True, SILU=True, CHANNELS_LAST=True)
+compile("group_norm", "_group_norm_fused_kernel", dict(**pointers, **shape, eps="fp32"), dict(**flags, BLOCK=4096))
+compile("group_norm", "_group_norm_stats_kernel", dict(x_ptr="*fp16", add_ptr="*fp32", partial_ptr="*fp32", **shape,
+        chunk=i32), dict(HAS_ADD=True, CHANNELS_LAST=True, BLOCK=1024))
+compile("group_norm", "_group_norm_apply_kernel", dict(**pointers, partial_ptr="*fp32", **shape, chunk=i32,
+        eps="fp32"), dict(**flags, CHUNKS_POW2=8, BLOCK=1024))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the GPU tests compile and run the kernels")
+def test_every_kernel_compiles_for_sm90():
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 # --------------------------------------------------------------------------------------------------- GPU
 
 
