@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--grid", default=None, help="also save a grid of the first 64 images to this image file"
     )
+    sample.add_argument(
+        "--grid-scale",
+        type=_positive_int,
+        default=1,
+        help="enlarge the grid's pixels K times (nearest neighbour)",
+    )
     _add_model_options(sample)
 
     convert = commands.add_parser("convert", help="write any readable checkpoint as a diffusers folder")

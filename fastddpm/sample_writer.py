@@ -199,8 +199,11 @@ def writer_for(output_format: str, folder: str, num_images: int) -> PngFolder | 
     return PngFolder(folder, num_images) if output_format == "png" else NpzFile(folder, num_images)
 
 
-def write_grid(images: np.ndarray, path: str) -> None:
-    """Tile uint8 NHWC images into a near-square grid with 2-pixel gaps and save it (atomically)."""
+def write_grid(images: np.ndarray, path: str, scale: int = 1) -> None:
+    """Tile uint8 NHWC images into a near-square grid with 2-pixel gaps and save it (atomically).
+
+    ``scale`` repeats every pixel scale x scale times, so tiny samples stay sharp when shown large.
+    """
     from PIL import Image
 
     count, height, width, channels = images.shape
@@ -212,6 +215,7 @@ def write_grid(images: np.ndarray, path: str) -> None:
         top = gap + (index // columns) * (height + gap)
         left = gap + (index % columns) * (width + gap)
         canvas[top : top + height, left : left + width] = image
+    canvas = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
     picture = Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas)
     extension = os.path.splitext(path)[1].lstrip(".").upper() or "PNG"
     image_format = "JPEG" if extension == "JPG" else extension

@@ -42,9 +42,21 @@ def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
     return result
 
 
-def summary_of(result: subprocess.CompletedProcess) -> dict:
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1, f"stdout must be exactly the JSON summary line, got {result.stdout!r}"
+def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    from fastddpm.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def summary_of(result: subprocess.CompletedProcess | str) -> dict:
+    stdout = result if isinstance(result, str) else result.stdout
+    lines = stdout.splitlines()
+    assert len(lines) == 1, f"stdout must be exactly the JSON summary line, got {stdout!r}"
     return json.loads(lines[0])
 
 
@@ -97,11 +109,14 @@ def test_files_are_identical_for_any_batch_size(reference_run, tmp_path, batch_s
     assert folder_bytes(tmp_path) == expected
 
 
-def test_rerun_of_a_complete_folder_draws_nothing(reference_run):
+def test_rerun_of_a_complete_folder_draws_nothing(reference_run, capsys):
     out, _ = reference_run
     before = folder_bytes(out)
-    summary = summary_of(run_cli("sample", "--num", 8, "--batch-size", 5, "--out", out, *TINY))
-    assert summary["images"] == 0 and summary["skipped"] == 8
+    code, stdout, _ = run_in_process(
+        ["sample", "--num", "8", "--batch-size", "5", "--out", str(out), *TINY], capsys
+    )
+    summary = summary_of(stdout)
+    assert code == 0 and summary["images"] == 0 and summary["skipped"] == 8
     assert folder_bytes(out) == before
 
 
@@ -119,14 +134,13 @@ def test_npz_holds_the_same_images_as_uint8_nhwc(reference_run, tmp_path):
     np.testing.assert_array_equal(images[..., 0], png_pixels(reference, 8))
 
 
-def test_rerun_with_other_settings_is_refused(reference_run):
+def test_rerun_with_other_settings_is_refused(reference_run, capsys):
     out, _ = reference_run
     before = folder_bytes(out)
-    result = run_cli(
-        "sample", "--num", 8, "--out", out, "--sampler", "ddim", "--steps", "11", "--seed", "7", check=False
-    )
-    assert result.returncode == 2 and result.stdout == ""
-    lines = result.stderr.splitlines()
+    argv = ["sample", "--num", "8", "--out", str(out), "--sampler", "ddim", "--steps", "11", "--seed", "7"]
+    code, stdout, stderr = run_in_process(argv, capsys)
+    assert code == 2 and stdout == ""
+    lines = stderr.splitlines()
     assert len(lines) == 1 and "other settings" in lines[0] and "steps 10 there, 11 here" in lines[0]
     assert folder_bytes(out) == before
 
@@ -186,18 +200,7 @@ def _a_file(tmp_path):
 
 # Each subprocess pays a torch import (seconds on a loaded 2-core machine): these cases run as real processes,
 # the rest through main() in this process, which prints and exits exactly as the console script does.
-IN_SUBPROCESS = {"missing checkpoint", "corrupt checkpoint folder", "too many steps", "unknown sampler"}
-
-
-def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
-    from fastddpm.cli import main
-
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+IN_SUBPROCESS = {"corrupt checkpoint folder", "unknown sampler"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -215,7 +218,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     assert not (tmp_path / "o").exists() or not os.listdir(tmp_path / "o"), f"{case}: wrote files"
 
 
-def test_disk_full_keeps_completed_images_and_removes_the_temporary_file(tmp_path):
+def test_disk_full_keeps_completed_images_and_removes_the_temporary_file(tmp_path, capsys):
     from fastddpm.sample_writer import temporary_name
 
     out = tmp_path / "out"
@@ -233,13 +236,17 @@ def test_disk_full_keeps_completed_images_and_removes_the_temporary_file(tmp_pat
     ]
     # The rerun finishes the folder; image 2 was written before the failure and is kept as it was.
     kept = (out / "000002.png").read_bytes()
-    summary = summary_of(run_cli("sample", "--num", 6, "--batch-size", 2, "--out", out, *TINY))
-    assert summary["images"] == 3 and (out / "000002.png").read_bytes() == kept
+    code, stdout, _ = run_in_process(
+        ["sample", "--num", "6", "--batch-size", "2", "--out", str(out), *TINY], capsys
+    )
+    summary = summary_of(stdout)
+    assert code == 0 and summary["images"] == 3 and (out / "000002.png").read_bytes() == kept
 
 
-def test_info_counts_parameters_and_flops():
-    result = run_cli("info", "--json")
-    info = json.loads(result.stdout)
+def test_info_counts_parameters_and_flops(capsys):
+    code, stdout, _ = run_in_process(["info", "--json"], capsys)
+    info = json.loads(stdout)
+    assert code == 0
     from safetensors.torch import load_file
 
     from fastddpm.pipeline import DEFAULT_MODEL_DIR
@@ -257,17 +264,30 @@ def test_convert_writes_a_folder_that_samples_identically(reference_run, tmp_pat
 
     reference, _ = reference_run
     destination = tmp_path / "converted"
-    result = run_cli("convert", DEFAULT_MODEL_DIR, destination)
-    assert result.stdout == ""
+    assert run_in_process(["convert", str(DEFAULT_MODEL_DIR), str(destination)], capsys)[:2] == (0, "")
     assert (destination / "model_index.json").exists()
     assert (destination / "unet" / "config.json").exists() and (destination / "scheduler").is_dir()
-    run_cli("sample", destination, "--num", 8, "--batch-size", 8, "--out", tmp_path / "out", *TINY)
+    argv = [
+        "sample",
+        str(destination),
+        "--num",
+        "8",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path / "out"),
+        *TINY,
+    ]
+    assert run_in_process(argv, capsys)[0] == 0
     expected = {k: v for k, v in folder_bytes(reference).items() if k != "grid.png"}
     assert folder_bytes(tmp_path / "out") == expected
     code, _, err = run_in_process(["convert", str(DEFAULT_MODEL_DIR), str(destination)], capsys)
     assert code == 2 and "already exists" in err and len(err.splitlines()) == 1
 
 
-def test_bench_prints_a_table():
-    result = run_cli("bench", "--batch-size", 2, "--steps", 2, "--repeats", 1)
-    assert "fastddpm" in result.stdout and "images/s" in result.stdout
+def test_bench_prints_a_table(capsys):
+    code, stdout, _ = run_in_process(["bench", "--batch-size", "2", "--steps", "2", "--repeats", "1"], capsys)
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines()[3:]}
+    assert set(rows) == {"fastddpm", "diffusers"}, stdout
+    assert all(float(row[2]) > 0 for row in rows.values())  # images/s
