@@ -27,6 +27,7 @@ from . import FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
 FUSED_MAX_GROUP = 4096  # elements of one group held in registers by the fused kernel
 TARGET_PROGRAMS = 1024  # split so that a launch has about this many programs (H200: 132 SMs x ~8)
 DEFAULT_BLOCK = 1024
+MIN_CHUNK = 256  # elements: below this a program's fixed cost (partials, pivot, launch) dominates
 
 
 @triton.jit
@@ -271,7 +272,12 @@ def _group_norm_apply_kernel(
 
 
 def _plan(
-    groups_total: int, group_size: int, path: str | None, block: int | None, chunk: int | None
+    groups_total: int,
+    group_size: int,
+    path: str | None,
+    block: int | None,
+    chunk: int | None,
+    target_programs: int = TARGET_PROGRAMS,
 ) -> tuple[bool, int, int]:
     """(fused, block, chunk): the fused kernel when a group fits a block and the launch is wide enough."""
     if path not in (None, "fused", "split"):
@@ -279,13 +285,13 @@ def _plan(
     fits = group_size <= FUSED_MAX_GROUP
     if path == "fused" and not fits:
         raise ValueError(f"kernels/group_norm.py: a group of {group_size} elements is too large to fuse")
-    if path == "fused" or (path is None and fits and groups_total >= TARGET_PROGRAMS):
+    if path == "fused" or (path is None and fits and groups_total >= target_programs):
         return True, triton.next_power_of_2(group_size), group_size
-    if block is None:
-        block = min(DEFAULT_BLOCK, triton.next_power_of_2(group_size))
     if chunk is None:
-        chunks_wanted = max(1, triton.cdiv(TARGET_PROGRAMS, groups_total))
-        chunk = triton.cdiv(group_size, chunks_wanted)
+        chunks_wanted = max(1, triton.cdiv(target_programs, groups_total))
+        chunk = max(MIN_CHUNK, triton.cdiv(group_size, chunks_wanted))
+    if block is None:
+        block = min(DEFAULT_BLOCK, triton.next_power_of_2(min(chunk, group_size)))
     chunk = triton.cdiv(max(chunk, 1), block) * block  # whole blocks per chunk
     return False, block, chunk
 
@@ -353,7 +359,10 @@ def group_norm(
     )
     add, weight, bias, scale, shift = (x if p is None else p for p in (add, weight, bias, scale, shift))
     groups_total = batch * num_groups
-    fused, block, chunk = _plan(groups_total, group_size, path, block, chunk)
+    # The interpreter (CPU tensors) runs programs one after another, each with a fixed Python overhead:
+    # there the fewest programs are fastest.
+    target_programs = TARGET_PROGRAMS if x.is_cuda else 1
+    fused, block, chunk = _plan(groups_total, group_size, path, block, chunk, target_programs)
     if fused:
         _group_norm_fused_kernel[(groups_total,)](
             x, out, add, weight, bias, scale, shift,

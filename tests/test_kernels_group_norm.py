@@ -87,7 +87,7 @@ def test_group_norm_matches_reference(dtype, channels_last, options, tiling):
 
 @interpreter_only
 def test_default_plan_other_group_counts_and_ranks():
-    _check(_inputs((1, 6, 3, 4), 6, torch.float32))  # one channel per group, batch 1: default (split) plan
+    _check(_inputs((1, 6, 3, 4), 6, torch.float32))  # one channel per group, the default plan
     _check(_inputs((2, 5, 9, 2), 1, torch.float32, channels_last=True), path="split", block=8, chunk=40)
     _check(
         _inputs((3, 4, 10), 2, torch.float32, options="affine"), path="split", block=8, chunk=8
@@ -113,6 +113,19 @@ def test_weight_without_bias_and_non_contiguous_input():
     inputs["bias"] = None
     inputs["x"] = inputs["x"].transpose(2, 3)  # neither NCHW- nor NHWC-dense: copied to contiguous
     _check(inputs, path="split", block=16, chunk=16)
+
+
+def test_plan_fills_the_gpu_at_batch_1_and_fuses_small_groups_at_large_batch():
+    plan = group_norm_kernels._plan
+    # cifar10-32 (B, 128, 32, 32), 32 groups of 4096: fused at batch 64, split into chunks at batch 1
+    assert plan(64 * 32, 4096, None, None, None) == (True, 4096, 4096)
+    fused, block, chunk = plan(32, 4096, None, None, None)
+    assert not fused and 32 * -(-4096 // chunk) >= group_norm_kernels.TARGET_PROGRAMS // 2
+    # 256 px (B, 128, 256, 256): groups of 4 x 65536 never fit a block; chunks are whole blocks
+    fused, block, chunk = plan(8 * 32, 4 * 65536, None, None, None)
+    assert not fused and chunk % block == 0 and 8 * 32 * -(-4 * 65536 // chunk) >= 1024
+    # the interpreter (target 1 program): fused whenever a group fits
+    assert plan(2, 70, None, None, None, target_programs=1)[0]
 
 
 def test_group_norm_launcher_rejects_bad_input_naming_the_argument():
