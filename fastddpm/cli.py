@@ -15,6 +15,7 @@ from .cli_errors import CliError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+MAX_IMAGES = 2**31
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -31,10 +32,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def _image_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_IMAGES:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_IMAGES} (philox sample indices are 32-bit)")
+    return value
+
+
+def _seed(text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text}")
     return value
 
 
@@ -46,7 +54,8 @@ def _eta(text: str) -> float:
 
 
 _positive_int.__name__ = "positive integer"
-_non_negative_int.__name__ = "non-negative integer"
+_image_count.__name__ = "positive integer"
+_seed.__name__ = "integer"
 _eta.__name__ = "number"
 
 
@@ -78,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-n",
         "--num-images",
         dest="num",
-        type=_positive_int,
+        type=_image_count,
         required=True,
         help="number of images N",
     )
@@ -94,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="denoising steps (default: 50 for ddim, all for ddpm)",
     )
     sample.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta in [0, 1] (default 0)")
-    sample.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default 0)")
+    sample.add_argument("--seed", type=_seed, default=0, help="noise seed (default 0)")
     sample.add_argument(
         "--format", choices=("png", "npz"), default="png", help="PNG files or one uint8 NHWC npz"
     )

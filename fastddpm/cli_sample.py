@@ -77,13 +77,16 @@ def prepare_folder(folder: str) -> str:
 
 
 def run_sample(args) -> int:
-    share = process_share(args.num)
+    try:
+        share = process_share(args.num)
+    except ValueError as error:
+        raise CliError(str(error)) from None
     path = checkpoint_path(args.checkpoint)
+    pipe = load_pipeline(path, device_for(share, args.device), args.dtype)
+    steps = resolve_steps(pipe, args.sampler, args.steps)
+    # The folder only after the checkpoint and settings passed: bad input leaves no empty folder behind.
     folder = prepare_folder(args.out)
     writer = writer_for(args.format, folder, args.num)
-    device = device_for(share, args.device)
-    pipe = load_pipeline(path, device, args.dtype)
-    steps = resolve_steps(pipe, args.sampler, args.steps)
 
     settings = {
         "checkpoint_sha256": checkpoint_fingerprint(path),
@@ -150,17 +153,20 @@ def draw(pipe, writer, todo: list[int], args, steps: int, share) -> int:
         file=sys.stderr,
     ) as progress:
         for first, count in batches(todo, args.batch_size):
-            images = pipe(
-                batch_size=count,
-                num_inference_steps=steps,
-                sampler=args.sampler,
-                eta=args.eta,
-                seed=args.seed,
-                noise="philox",
-                output_type="np",
-                progress=False,
-                sample_offset=first,
-            ).images
+            try:
+                images = pipe(
+                    batch_size=count,
+                    num_inference_steps=steps,
+                    sampler=args.sampler,
+                    eta=args.eta,
+                    seed=args.seed,
+                    noise="philox",
+                    output_type="np",
+                    progress=False,
+                    sample_offset=first,
+                ).images
+            except ValueError as error:  # the pipeline's own check of its arguments
+                raise CliError(" ".join(str(error).split())) from None
             try:
                 writer.write(first, to_uint8(images))
             except WriteFailed as error:
