@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from types import ModuleType
 
 import torch
@@ -71,6 +72,12 @@ def _load() -> ModuleType | None:
         else:
             _register_fakes()
     return _extension
+
+
+# torch imports this module when it meets a fastddpm op in fake mode (set_python_module in the host file)
+# after someone imported fastddpm._C directly: register the fakes then, as _load() would.
+if "fastddpm._C" in sys.modules:
+    _load()
 
 
 def is_built() -> bool:
