@@ -43,6 +43,8 @@ def diffusers_pipeline(folder: str, sampler: str, device: str, dtype: str):
         return None
     import torch
 
+    # Its advice about `accelerate` and dtype casting is noise in a benchmark table.
+    diffusers.utils.logging.set_verbosity_error()
     unet = diffusers.UNet2DModel.from_pretrained(os.path.join(folder, "unet"))
     scheduler_class = diffusers.DDPMScheduler if sampler == "ddpm" else diffusers.DDIMScheduler
     scheduler = scheduler_class.from_pretrained(os.path.join(folder, "scheduler"))
