@@ -363,24 +363,50 @@ def group_norm(
     # there the fewest programs are fastest.
     target_programs = TARGET_PROGRAMS if x.is_cuda else 1
     fused, block, chunk = _plan(groups_total, group_size, path, block, chunk, target_programs)
+    geometry = dict(num_groups=num_groups, channels=channels, group_channels=group_channels, spatial=spatial)
     if fused:
         _group_norm_fused_kernel[(groups_total,)](
-            x, out, add, weight, bias, scale, shift,
-            num_groups, channels, group_channels, spatial, float(eps),
-            **flags, BLOCK=block, num_warps=4 if block <= 1024 else 8,
-        )  # fmt: skip
+            x,
+            out,
+            add,
+            weight,
+            bias,
+            scale,
+            shift,
+            **geometry,
+            eps=float(eps),
+            **flags,
+            BLOCK=block,
+            num_warps=4 if block <= 1024 else 8,  # 4096 elements: 16 per thread with 8 warps
+        )
         return out
     num_chunks = triton.cdiv(group_size, chunk)
     partial = torch.empty((groups_total, num_chunks, 2), dtype=torch.float32, device=x.device)
     grid = (groups_total, num_chunks)
     _group_norm_stats_kernel[grid](
-        x, add, partial,
-        num_groups, channels, group_channels, spatial, chunk,
-        HAS_ADD=flags["HAS_ADD"], CHANNELS_LAST=channels_last, BLOCK=block,
-    )  # fmt: skip
+        x,
+        add,
+        partial,
+        **geometry,
+        chunk=chunk,
+        HAS_ADD=flags["HAS_ADD"],
+        CHANNELS_LAST=channels_last,
+        BLOCK=block,
+    )
     _group_norm_apply_kernel[grid](
-        x, out, add, weight, bias, scale, shift, partial,
-        num_groups, channels, group_channels, spatial, chunk, float(eps),
-        **flags, CHUNKS_POW2=triton.next_power_of_2(num_chunks), BLOCK=block,
-    )  # fmt: skip
+        x,
+        out,
+        add,
+        weight,
+        bias,
+        scale,
+        shift,
+        partial,
+        **geometry,
+        chunk=chunk,
+        eps=float(eps),
+        **flags,
+        CHUNKS_POW2=triton.next_power_of_2(num_chunks),
+        BLOCK=block,
+    )
     return out
