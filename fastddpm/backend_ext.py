@@ -74,12 +74,6 @@ def _load() -> ModuleType | None:
     return _extension
 
 
-# torch imports this module when it meets a fastddpm op in fake mode (set_python_module in the host file)
-# after someone imported fastddpm._C directly: register the fakes then, as _load() would.
-if "fastddpm._C" in sys.modules:
-    _load()
-
-
 def is_built() -> bool:
     return _load() is not None
 
@@ -255,3 +249,9 @@ def why_not_attention(
     if not reasons and q.device.type == "cpu" and not _explicitly_chosen():
         reasons.append(_CPU_ATTENTION_REFUSAL)
     return reasons
+
+
+# Whoever imported fastddpm._C directly and met torch's "import 'fastddpm.backend_ext' to load the fake
+# impl" (set_python_module in the host file) gets the fakes registered by that import, as _load() would.
+if "fastddpm._C" in sys.modules:
+    _load()

@@ -71,6 +71,22 @@ def test_fastddpm_imports_and_explains_without_the_extension():
 
 
 @built
+def test_fake_kernels_load_after_a_direct_import_of_the_library():
+    # torch's advice on a missing fake kernel is to import the module named by set_python_module.
+    code = (
+        "import torch, fastddpm._C, fastddpm.backend_ext\n"
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "with FakeTensorMode():\n"
+        "    x = torch.empty(2, 4, 3, 3).to(memory_format=torch.channels_last)\n"
+        "    y = torch.ops.fastddpm.group_norm(x, 2, None, None, 1e-5, None, None, None, True)\n"
+        "    assert y.is_contiguous(memory_format=torch.channels_last)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+@built
 def test_pipeline_on_the_ext_backend_matches_the_torch_backend(monkeypatch):
     """A tiny random cifar10-32-shaped U-Net sampled end to end: FASTDDPM_BACKEND=ext against =torch on CPU."""
     import fastddpm
