@@ -210,7 +210,7 @@ def why_not_group_norm(
 ) -> list[str]:
     tensors = {"x": x, "weight": weight, "bias": bias, "add": add, "scale": scale, "shift": shift}
     reasons = _common_reasons("group_norm", tensors)
-    if reasons and not isinstance(x, torch.Tensor):
+    if any(t is not None and not isinstance(t, torch.Tensor) for t in tensors.values()):
         return reasons
     if x.dim() != 4:
         return reasons + [f"group_norm: x must be 4-d (N, C, H, W), got shape {tuple(x.shape)}"]
@@ -243,8 +243,8 @@ def why_not_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
 ) -> list[str]:
     reasons = _common_reasons("attention", {"q": q, "k": k, "v": v})
-    if reasons and not isinstance(q, torch.Tensor):
-        return reasons
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return reasons or ["attention: q, k and v must all be tensors"]
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         return reasons + ["attention: q, k and v must be 4-d (B, heads, L, D)"]
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:

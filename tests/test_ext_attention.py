@@ -91,6 +91,7 @@ def test_why_not_refuses_cpu_under_auto_and_serves_when_ext_is_named(monkeypatch
     )
     assert any("dtype" in r for r in backend_ext.why_not_attention(q.double(), k.double(), v.double()))
     assert any("do not match" in r for r in backend_ext.why_not_attention(q, k, v[:, :, :2]))
+    assert backend_ext.why_not_attention(q, k, None) == ["attention: q, k and v must all be tensors"]
 
 
 def test_fake_kernel_and_schema_pass_opcheck():

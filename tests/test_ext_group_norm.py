@@ -147,6 +147,11 @@ def test_why_not_names_what_the_kernel_cannot_do():
     assert any("dtype" in r for r in backend_ext.why_not_group_norm(x.double(), 4, None, None, 1e-5))
     assert any("4-d" in r for r in backend_ext.why_not_group_norm(x[0], 4, None, None, 1e-5))
     assert any("device meta" in r for r in backend_ext.why_not_group_norm(x.to("meta"), 4, None, None, 1e-5))
+    assert any("not a tensor" in r for r in backend_ext.why_not_group_norm(x, 4, [1.0] * 12, None, 1e-5))
+    assert any(
+        "shift without scale" in r
+        for r in backend_ext.why_not_group_norm(x, 4, None, None, 1e-5, shift=x[:, :, 0, 0])
+    )
     weight = torch.ones(12, requires_grad=True)
     assert any("grad" in r for r in backend_ext.why_not_group_norm(x, 4, weight, None, 1e-5))
     with torch.no_grad():
