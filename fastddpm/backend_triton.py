@@ -13,6 +13,7 @@ are refused here and served by the torch backend.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -156,8 +157,14 @@ def why_not_q_sample(x0, timesteps, alphas_cumprod, noise) -> list[str]:
     return reasons + _device_reasons(on_device)
 
 
+def _on_device_of(tensor: torch.Tensor):
+    """Launch on the tensor's GPU: triton launches on the current CUDA device, which may be another one."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
 def q_sample(x0, timesteps, alphas_cumprod, noise):
-    return kernel_module("q_sample").q_sample(x0, timesteps, alphas_cumprod, noise)
+    with _on_device_of(x0):
+        return kernel_module("q_sample").q_sample(x0, timesteps, alphas_cumprod, noise)
 
 
 # ------------------------------------------------------------------------------------------ sampler_step
@@ -217,7 +224,8 @@ def why_not_sampler_step(
 
 
 def sampler_step(model_output, sample, coeffs, noise, **options):
-    return kernel_module("sampler_step").sampler_step(model_output, sample, coeffs, noise, **options)
+    with _on_device_of(sample):
+        return kernel_module("sampler_step").sampler_step(model_output, sample, coeffs, noise, **options)
 
 
 # -------------------------------------------------------------------------------------------- group_norm
@@ -255,6 +263,7 @@ def why_not_group_norm(
 
 
 def group_norm(x, num_groups, weight, bias, eps, *, add=None, scale=None, shift=None, silu=False):
-    return kernel_module("group_norm").group_norm(
-        x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, silu=silu
-    )
+    with _on_device_of(x):
+        return kernel_module("group_norm").group_norm(
+            x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, silu=silu
+        )

@@ -21,7 +21,6 @@ import triton
 import triton.language as tl
 
 MASK32 = 0xFFFFFFFF
-TWO_PI = 2.0 * math.pi
 
 
 @triton.jit
@@ -29,6 +28,7 @@ def box_muller(r0, r1):
     """N(0, 1) float32 from two uint32 words: u1 in (0, 1), u2 in [0, 1), both exact in float32."""
     u1 = ((r0 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
     u2 = (r1 >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    # 6.283185307179586 becomes float32(2 pi), as noise.TWO_PI does in torch's float32 multiply.
     return tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
 
 
@@ -108,7 +108,8 @@ def counter_argument(
 ) -> tuple[int | torch.Tensor, bool]:
     """(kernel argument, IN_MEMORY) for a counter (stream, sample offset): an int or a 0-d int64 tensor."""
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.dtype != torch.int64 or value.device != device:
+        same_device = value.device.type == device.type and device.index in (None, value.device.index)
+        if value.numel() != 1 or value.dtype != torch.int64 or not same_device:
             raise ValueError(
                 f"kernels/philox.py: {name} must be a one-element int64 tensor on {device}, got "
                 f"{tuple(value.shape)} {value.dtype} on {value.device}"
@@ -141,6 +142,8 @@ def _launch(seed, sample_offset, batch, sample_shape, stream, device, write_word
     per_sample = math.prod(sample_shape)
     if per_sample >= 2**31:
         raise ValueError(f"kernels/philox.py: {per_sample} elements per sample overflow the element counter")
+    if batch > 65535:
+        raise ValueError(f"kernels/philox.py: batch {batch} exceeds the 65535 programs of grid axis 1")
     noise = SimpleNamespace(seed=seed, sample_offset=sample_offset, stream=stream)
     normal = torch.empty((batch, per_sample), dtype=torch.float32, device=device)
     words = torch.empty((4, batch, per_sample) if write_words else (1,), dtype=torch.int64, device=device)
