@@ -1,8 +1,8 @@
 """One fused reverse step (DDPM or DDIM): x0_hat, clipping, the posterior mean and the noise in one pass.
 
 The step's scalars come from one row of a step table (fastddpm/step_table.py) that lives on the device,
-typically ``table[step_index]`` with a device-resident index, and the philox stream may be a 0-d device
-tensor: the kernel loads both, so one captured CUDA graph replays for every step. The noise is read from a
+typically ``table[step_index]`` with a device-resident index, and the philox stream and sample offset may
+be 0-d device tensors: the kernel loads them, so one captured CUDA graph replays for every step. The noise is read from a
 tensor or drawn in-kernel with the "philox" noise of fastddpm/noise.py.
 
 The arithmetic follows reference.sampler_step operation by operation, including torch's type promotion

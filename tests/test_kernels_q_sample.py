@@ -228,9 +228,7 @@ def test_every_kernel_compiles_for_sm90():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("noise_mode", ["tensor", "philox", "philox_device_counters"])
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype, channels_last, noise_mode", CPU_CASES)
 def test_cuda_q_sample_matches_reference(dtype, channels_last, noise_mode):
     shape = (256, 3, 32, 32)
     x0, timesteps, abar = _inputs(shape, dtype, channels_last, device="cuda")

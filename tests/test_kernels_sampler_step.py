@@ -190,13 +190,16 @@ def test_thresholding_goes_to_torch_and_explicit_triton_says_why(monkeypatch):
 # --------------------------------------------------------------------------------------------------- GPU
 
 
+# The CPU cases at a real size (each distinct case is one more kernel compile on the GPU machine).
 @pytest.mark.gpu
-@pytest.mark.parametrize("noise_mode", NOISE_MODES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("kind, prediction, variance", list(itertools.product(KINDS, PREDICTIONS, VARIANCES)))
-def test_cuda_sampler_step_matches_reference(kind, prediction, variance, dtype, noise_mode):
+@pytest.mark.parametrize(
+    "kind, prediction, variance, noise_mode, dtype, channels_last, clip, use_clipped", _cases()
+)
+def test_cuda_sampler_step_matches_reference(
+    kind, prediction, variance, noise_mode, dtype, channels_last, clip, use_clipped
+):
     shape = (256, 3, 32, 32)
-    model_output, sample = _inputs(shape, variance, dtype, channels_last=False, device="cuda")
+    model_output, sample = _inputs(shape, variance, dtype, channels_last, device="cuda")
     _check(
         model_output,
         sample,
@@ -205,7 +208,8 @@ def test_cuda_sampler_step_matches_reference(kind, prediction, variance, dtype, 
         kind=kind,
         prediction_type=prediction,
         variance_type=variance,
-        clip_range=1.0,
+        clip_range=clip,
+        use_clipped_model_output=use_clipped,
     )
 
 
