@@ -108,6 +108,14 @@ def test_statistics_stay_exact_when_the_mean_dwarfs_the_spread(tiling):
 
 
 @interpreter_only
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_256x256_group_in_half_precision_through_the_split_path(channels_last):
+    # 2 x 256 x 256 = 131072 elements per group: float16 sums would overflow, float32 statistics do not.
+    inputs = _inputs((1, 4, 256, 256), 2, torch.float16, channels_last=channels_last, offset=3.0)
+    _check(inputs, path="split", block=16384, chunk=32768)
+
+
+@interpreter_only
 def test_weight_without_bias_and_non_contiguous_input():
     inputs = _inputs((3, 6, 7, 5), 2, torch.float32, options="affine")
     inputs["bias"] = None
