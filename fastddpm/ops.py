@@ -4,7 +4,9 @@ Backends, in the default order: ``ext`` (the C++/CUDA extension fastddpm._C), ``
 ``torch`` (reference.py, any device). Each backend module exposes, for every op it implements, the op
 itself and ``why_not_<op>(...)`` returning a list of reasons it cannot serve that call (empty: it can).
 ``FASTDDPM_BACKEND=auto`` (default) takes the first backend that can serve; naming one backend
-(``ext``, ``triton`` or ``torch``) uses only that one and raises, with its reasons, when it cannot.
+(``ext``, ``triton`` or ``torch``) uses only that one for every op it implements and raises, with its
+reasons, when it cannot serve a call (ops it does not implement at all go the auto way: the extension
+has no sampler_step, the Triton kernels no attention).
 """
 
 from __future__ import annotations
@@ -94,8 +96,15 @@ def forget_decisions() -> None:
     _decisions.clear()
 
 
+def _implements(backend: str, op: str) -> bool:
+    module = _backend(backend)
+    return not isinstance(module, str) and hasattr(module, op)
+
+
 def _dispatch(op: str, *args, **kwargs):
     names = selected_backends()
+    if len(names) == 1 and not isinstance(_backend(names[0]), str) and not _implements(names[0], op):
+        names = BACKEND_ORDER  # a named backend serves the ops it has; the others go the usual way
     key = (op, names, torch.is_grad_enabled(), _signature(args), _signature(tuple(sorted(kwargs.items()))))
     chosen = _decisions.get(key)
     if chosen is None:

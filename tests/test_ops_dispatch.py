@@ -89,3 +89,22 @@ def test_unet_traces_into_one_graph_without_breaks():
         explanation = torch._dynamo.explain(unet)(x, t)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_a_named_backend_lends_ops_it_lacks_to_the_auto_order(monkeypatch):
+    class GroupNormOnly:
+        @staticmethod
+        def group_norm(*args, **kwargs):
+            return "served by the stub"
+
+        @staticmethod
+        def why_not_group_norm(*args, **kwargs):
+            return []
+
+    monkeypatch.setitem(ops._loaded, "ext", GroupNormOnly)
+    monkeypatch.setenv("FASTDDPM_BACKEND", "ext")
+    x = torch.randn(2, 3, 4, 5)
+    assert ops.group_norm(x, 1, None, None, 1e-5) == "served by the stub"
+    coeffs = torch.tensor([0.9, 0.4, 0.5, 0.6, 0.3, -3.0, -2.0, 0.0])
+    prev, _ = ops.sampler_step(x, x, coeffs, None, kind="ddim")  # not in the stub: served by torch
+    assert torch.equal(prev, reference.sampler_step(x, x, coeffs, None, kind="ddim")[0])
