@@ -181,6 +181,7 @@ def finish(writer, args) -> None:
     try:
         writer.finish()
         if args.grid:
+            os.makedirs(os.path.dirname(os.path.abspath(args.grid)), exist_ok=True)
             write_grid(writer.read(min(GRID_IMAGES, args.num)), os.path.abspath(args.grid), args.grid_scale)
     except WriteFailed as error:
         raise CliError(f"{error.strerror}; the images written so far are kept, rerun to resume") from None
