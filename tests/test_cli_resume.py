@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.test_cli import REPO_ROOT, cli_env, folder_bytes, run_cli, summary_of
+from tests.test_cli import REPO_ROOT, cli_env, folder_bytes, run_cli, run_in_process, summary_of
 
 # Enough steps that one image takes a noticeable time at batch size 1, so the kill lands mid-run.
 SETTINGS = ["--sampler", "ddim", "--steps", "40", "--eta", "0.5", "--seed", "3"]
@@ -35,9 +35,15 @@ def kill_after_images(out, images: int, args: list[str]) -> None:
         process.wait()
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+def draw_uninterrupted(capsys, *args) -> None:
+    """The reference result, drawn in this process (no interpreter start-up to pay)."""
+    code, _, err = run_in_process(["sample", *map(str, args)], capsys)
+    assert code == 0, err
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, capsys):
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    run_cli("sample", "--num", NUM, "--batch-size", 3, "--out", uninterrupted, *SETTINGS)
+    draw_uninterrupted(capsys, "--num", NUM, "--batch-size", 3, "--out", uninterrupted, *SETTINGS)
 
     kill_after_images(
         interrupted, 2, ["--num", str(NUM), "--batch-size", "1", "--out", str(interrupted), *SETTINGS]
@@ -51,9 +57,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert not [n for n in os.listdir(interrupted) if n.endswith(".tmp")], "temporary files left behind"
 
 
-def test_killed_npz_run_resumes_to_the_uninterrupted_npz(tmp_path):
+def test_killed_npz_run_resumes_to_the_uninterrupted_npz(tmp_path, capsys):
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    run_cli("sample", "--num", NUM, "--batch-size", 6, "--format", "npz", "--out", uninterrupted, *SETTINGS)
+    draw_uninterrupted(
+        capsys, "--num", NUM, "--batch-size", 6, "--format", "npz", "--out", uninterrupted, *SETTINGS
+    )
 
     args = ["--num", str(NUM), "--batch-size", "1", "--format", "npz", "--out", str(interrupted), *SETTINGS]
     parts = interrupted / ".fastddpm_parts"
