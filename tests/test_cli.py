@@ -293,3 +293,16 @@ def test_bench_prints_a_table(capsys):
     rows = {line.split()[0]: line.split() for line in stdout.splitlines()[3:]}
     assert set(rows) == {"fastddpm", "diffusers"}, stdout
     assert all(float(row[2]) > 0 for row in rows.values())  # images/s
+
+
+def test_process_blocks_cover_every_index_once_and_resumed_batches_cut_where_the_first_run_did():
+    from fastddpm.sharding import batches, block_of
+
+    for num, world in [(7, 2), (5, 3), (1, 4), (10, 1)]:
+        covered = [i for rank in range(world) for i in range(*block_of(num, rank, world))]
+        assert covered == list(range(num))
+    assert batches(list(range(10)), 4) == [(0, 4), (4, 4), (8, 2)]
+    # Killed after the first batch: the resumed run cuts the rest at the same places.
+    assert batches(list(range(4, 10)), 4) == [(4, 4), (8, 2)]
+    # Holes (images deleted by hand) split runs; no batch spans a hole.
+    assert batches([0, 1, 2, 5, 6, 9], 2) == [(0, 2), (2, 1), (5, 2), (9, 1)]
