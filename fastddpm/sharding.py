@@ -58,8 +58,9 @@ def block_of(num_images: int, rank: int, world_size: int) -> tuple[int, int]:
 def batches(indices: list[int], batch_size: int) -> list[tuple[int, int]]:
     """Cut sorted indices into (start, count) batches of consecutive indices, at most batch_size each.
 
-    Batches of one run of consecutive indices start at multiples of batch_size from the run's start, so a
-    resumed run cuts the remaining indices where the interrupted one would have.
+    Where the cuts fall does not change any image (each depends only on its own index); batches of one
+    run start at multiples of batch_size from the run's start, so a run resumed after a whole batch was
+    written cuts the rest where the interrupted one would have.
     """
     result: list[tuple[int, int]] = []
     position = 0
