@@ -8,10 +8,34 @@ See pipeline.Pipeline.__call__ for the sampling options, schedulers.py for the d
 schedulers, and ops.py for the fused ops and their backends.
 """
 
-from .pipeline import Pipeline, PipelineOutput, load
-from .schedulers import DDIMScheduler, DDPMScheduler, SchedulerOutput
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# Exported lazily (PEP 562): `fastddpm --help` and argument errors answer without importing torch.
+_EXPORTS = {
+    "DDIMScheduler": "schedulers",
+    "DDPMScheduler": "schedulers",
+    "SchedulerOutput": "schedulers",
+    "Pipeline": "pipeline",
+    "PipelineOutput": "pipeline",
+    "load": "pipeline",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastddpm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "DDIMScheduler",
