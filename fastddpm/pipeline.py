@@ -301,9 +301,11 @@ class Pipeline:
 
 
 def prefer_channels_last(device: torch.device) -> bool:
-    """The default layout: NHWC on CUDA, where cuDNN's tensor-core convolutions take NHWC natively (not
-    measured here: no GPU was lent so far); NCHW on CPU, where it measured no faster (see README)."""
-    return device.type == "cuda"
+    """NHWC by default. CPU, measured (cifar10-32 U-Net forward, float32, 2 threads, median of 12 runs,
+    interleaved): batch 1: NCHW 134.7 ms, NHWC 108.3 ms (diffusers 167.3 ms); batch 8: NCHW 748 ms, NHWC
+    688 ms (diffusers 779 ms) -- oneDNN skips its per-conv layout reorders. CUDA: cuDNN's tensor-core
+    convolutions take NHWC natively (not measured here: no GPU was lent so far)."""
+    return device.type in ("cpu", "cuda")
 
 
 def to_output(x: torch.Tensor, output_type: str):
