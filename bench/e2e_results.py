@@ -47,7 +47,9 @@ def _commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[1]
         head = subprocess.check_output(["git", "-C", str(root), "rev-parse", "HEAD"], text=True).strip()
-        changed = subprocess.check_output(["git", "-C", str(root), "status", "--porcelain", "-uno"], text=True)
+        changed = subprocess.check_output(
+            ["git", "-C", str(root), "status", "--porcelain", "-uno"], text=True
+        )
         return head + ("+uncommitted-changes" if changed.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return None

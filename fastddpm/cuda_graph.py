@@ -37,7 +37,9 @@ def capture_step(step: Callable[[], None], buffers: list[torch.Tensor]) -> Calla
         torch.cuda.synchronize()
         for buffer, value in zip(buffers, saved, strict=True):
             buffer.copy_(value)
-        warnings.warn(f"CUDA graph capture failed, sampling eagerly: {type(exc).__name__}: {exc}", stacklevel=3)
+        warnings.warn(
+            f"CUDA graph capture failed, sampling eagerly: {type(exc).__name__}: {exc}", stacklevel=3
+        )
         return None
     for buffer, value in zip(buffers, saved, strict=True):
         buffer.copy_(value)

@@ -236,7 +236,9 @@ def test_load_from_a_saved_folder_samples_what_the_in_memory_pipeline_samples(sm
     loaded = fastddpm.load(tmp_path / "saved")
     in_memory = fastddpm.Pipeline.from_diffusers(theirs)
     assert loaded.scheduler.config.variance_type == "fixed_large"
-    common = dict(batch_size=2, num_inference_steps=5, seed=9, noise="philox", output_type="pt", progress=False)
+    common = dict(
+        batch_size=2, num_inference_steps=5, seed=9, noise="philox", output_type="pt", progress=False
+    )
     assert_close(loaded(**common).images, in_memory(**common).images, 1e-6, 0, "loaded vs in memory")
     loaded.save_pretrained(tmp_path / "resaved")
     again = fastddpm.load(tmp_path / "resaved")
@@ -245,7 +247,9 @@ def test_load_from_a_saved_folder_samples_what_the_in_memory_pipeline_samples(sm
 
 def test_channels_last_gives_the_same_images(small_unet):
     pipe = fastddpm.Pipeline.from_diffusers(copy_unet(small_unet))
-    common = dict(batch_size=3, num_inference_steps=4, seed=2, noise="philox", output_type="pt", progress=False)
+    common = dict(
+        batch_size=3, num_inference_steps=4, seed=2, noise="philox", output_type="pt", progress=False
+    )
     nchw = pipe(channels_last=False, **common).images
     nhwc = pipe(channels_last=True, **common).images
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
