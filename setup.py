@@ -101,9 +101,27 @@ def _cpu_vector_flags() -> list[str]:
     return []
 
 
+def _set_cuda_home() -> None:
+    """Point CUDA_HOME at a real toolkit folder before torch guesses it.
+
+    torch takes the folder above the first `nvcc` on PATH; where that nvcc is a wrapper script (this
+    machine's /usr/local/bin/nvcc execs /usr/local/cuda-13.0/bin/nvcc) the guess is /usr/local, which has
+    no lib64/libcudart, and the link fails. A toolkit folder with both bin/nvcc and lib64 wins.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    for candidate in ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True):
+        if os.path.isfile(os.path.join(candidate, "bin", "nvcc")) and os.path.isdir(
+            os.path.join(candidate, "lib64")
+        ):
+            os.environ["CUDA_HOME"] = candidate
+            return
+
+
 def _extensions():
     if os.environ.get("FASTDDPM_NO_EXT") == "1":
         return [], {}
+    _set_cuda_home()
     try:
         from torch.utils import cpp_extension
     except ImportError:
