@@ -3,21 +3,14 @@
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests.model_factory` for the random models
 
 from bench import e2e_results  # noqa: E402
+from tests.gpu_skip import skip_gpu_items_without_cuda  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (bench/gpu_check.sh runs these on a GPU)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+    skip_gpu_items_without_cuda(items)
 
 
 def pytest_sessionfinish(session, exitstatus):

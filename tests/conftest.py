@@ -6,8 +6,9 @@ One thread: the tests' tensors are small, and on a busy 2-core machine two OpenM
 
 import os
 
-import pytest
 import torch
+
+from tests.gpu_skip import skip_gpu_items_without_cuda
 
 torch.set_num_threads(1)
 if not torch.cuda.is_available():
@@ -18,9 +19,4 @@ if not torch.cuda.is_available():
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (bench/gpu_check.sh runs these on a GPU)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+    skip_gpu_items_without_cuda(items)
