@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .conv import Conv2d
 from .unet_blocks import DownBlock, MidBlock, UpBlock, concat_parameters, drop_fused_caches
 from .unet_config import DOWN_BLOCKS, UP_BLOCKS, normalise_config
 
@@ -55,7 +56,7 @@ class UNet2D(nn.Module):
         self.config = cfg
         channels = cfg["block_out_channels"]
         temb_dim = cfg["time_embedding_dim"] or channels[0] * 4
-        self.conv_in = nn.Conv2d(cfg["in_channels"], channels[0], kernel_size=3, padding=1)
+        self.conv_in = Conv2d(cfg["in_channels"], channels[0], kernel_size=3, padding=1)
         self.time_embedding = TimestepEmbedding(channels[0], temb_dim)
         num_classes = cfg["num_class_embeds"]
         self.class_embedding = nn.Embedding(num_classes, temb_dim) if num_classes is not None else None
@@ -112,7 +113,7 @@ class UNet2D(nn.Module):
                 )
             )
         self.conv_norm_out = nn.GroupNorm(cfg["norm_num_groups"], channels[0], eps=cfg["norm_eps"])
-        self.conv_out = nn.Conv2d(channels[0], cfg["out_channels"], kernel_size=3, padding=1)
+        self.conv_out = Conv2d(channels[0], cfg["out_channels"], kernel_size=3, padding=1)
 
         # Every resnet's time projection, in the order forward() visits them: one matmul serves them all.
         mid = [self.mid_block] if self.mid_block is not None else []

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .conv import Conv2d
 
 
 def concat_parameters(owner: nn.Module, key: str, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -69,13 +70,13 @@ class ResnetBlock2D(nn.Module):
     ):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         projected = 2 * out_channels if time_embedding_norm == "scale_shift" else out_channels
         self.time_emb_proj = nn.Linear(temb_channels, projected)
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         self.conv_shortcut = (
-            nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
+            Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
         )
         self.scale_shift = time_embedding_norm == "scale_shift"
         self.out_channels = out_channels
@@ -161,7 +162,7 @@ class Downsample2D(nn.Module):
 
     def __init__(self, channels: int, padding: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=padding)
+        self.conv = Conv2d(channels, channels, kernel_size=3, stride=2, padding=padding)
         self.pad_right_bottom = padding == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +176,7 @@ class Upsample2D(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv = Conv2d(channels, channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
