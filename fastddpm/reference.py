@@ -70,11 +70,18 @@ def q_sample(
     x0: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, noise: torch.Tensor
 ) -> torch.Tensor:
     """x_t = sqrt(abar[t_i]) x0 + sqrt(1 - abar[t_i]) eps, per-sample t; diffusers' add_noise op order."""
-    abar = alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[timesteps.to(x0.device)]
-    shape = (-1,) + (1,) * (x0.dim() - 1)
-    sqrt_abar = (abar**0.5).reshape(shape)
-    sqrt_one_minus_abar = ((1 - abar) ** 0.5).reshape(shape)
+    sqrt_abar, sqrt_one_minus_abar = abar_coefficients(alphas_cumprod, timesteps, x0)
     return sqrt_abar * x0 + sqrt_one_minus_abar * noise
+
+
+def abar_coefficients(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sqrt(abar[t_i]), sqrt(1 - abar[t_i])) per sample, in ``like``'s dtype, shaped to broadcast over it
+    (abar is cast before the square roots, as diffusers' add_noise and get_velocity do)."""
+    abar = alphas_cumprod.to(device=like.device, dtype=like.dtype)[timesteps.to(like.device)]
+    shape = (-1,) + (1,) * (like.dim() - 1)
+    return (abar**0.5).reshape(shape), ((1 - abar) ** 0.5).reshape(shape)
 
 
 def threshold_sample(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import ops, schedules, step_table
+from . import ops, reference, schedules, step_table
 from .step_table import VARIANCE_TYPES
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
@@ -200,6 +200,14 @@ class _Scheduler:
     def previous_timestep(self, timestep: int) -> int:
         raise NotImplementedError
 
+    def _next_timestep(self, timestep: int) -> int:
+        """The entry after ``timestep`` in the timestep list (-1 after the last)."""
+        steps = self.timesteps.tolist()
+        if timestep not in steps:
+            raise ValueError(f"timestep {timestep} is not in the scheduler's timesteps")
+        index = steps.index(timestep)
+        return steps[index + 1] if index + 1 < len(steps) else -1
+
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
@@ -213,9 +221,8 @@ class _Scheduler:
         self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0 (the v_prediction training target)."""
-        abar = self.alphas_cumprod.to(device=sample.device, dtype=sample.dtype)[timesteps.to(sample.device)]
-        shape = (-1,) + (1,) * (sample.dim() - 1)
-        return (abar**0.5).reshape(shape) * noise - ((1 - abar) ** 0.5).reshape(shape) * sample
+        sqrt_abar, sqrt_one_minus_abar = reference.abar_coefficients(self.alphas_cumprod, timesteps, sample)
+        return sqrt_abar * noise - sqrt_one_minus_abar * sample
 
     def _clip_options(self) -> dict[str, Any]:
         c = self.config
@@ -277,11 +284,7 @@ class DDPMScheduler(_Scheduler):
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
         timestep = _as_int(timestep)
         if self.custom_timesteps or self.num_inference_steps:
-            steps = self.timesteps.tolist()
-            if timestep not in steps:
-                raise ValueError(f"timestep {timestep} is not in the scheduler's timesteps")
-            index = steps.index(timestep)
-            return steps[index + 1] if index + 1 < len(steps) else -1
+            return self._next_timestep(timestep)
         return timestep - 1
 
     def _row(self, timestep: int, **options: Any) -> torch.Tensor:
@@ -343,11 +346,7 @@ class DDIMScheduler(_Scheduler):
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps before step: DDIM needs the number of inference steps")
         if self.custom_timesteps:
-            steps = self.timesteps.tolist()
-            if timestep not in steps:
-                raise ValueError(f"timestep {timestep} is not in the scheduler's timesteps")
-            index = steps.index(timestep)
-            return steps[index + 1] if index + 1 < len(steps) else -1
+            return self._next_timestep(timestep)
         # diffusers steps back by a fixed stride, whatever the spacing put in the timestep list.
         return timestep - self.config.num_train_timesteps // self.num_inference_steps
 
