@@ -67,6 +67,7 @@ class Pipeline:
         self.scheduler = DDPMScheduler.from_config(self.scheduler_config)
         self.source = source
         self._loops: dict[tuple, tuple[SamplingLoop, Any]] = {}
+        self._schedules: dict[tuple, tuple] = {}
         self._compiled = None
         self._memory_format = torch.contiguous_format
 
@@ -170,16 +171,10 @@ class Pipeline:
         self._check_call(
             batch_size, num_inference_steps, sampler, eta, noise, output_type, seed, sample_offset
         )
-        scheduler = self.make_scheduler(sampler)
-        if num_inference_steps is None:
-            num_inference_steps = scheduler.config.num_train_timesteps if sampler == "ddpm" else 50
-        scheduler.set_timesteps(num_inference_steps)
         device = self.device
-        table_host = scheduler.step_table(eta=eta) if sampler == "ddim" else scheduler.step_table()
-        noise_on = (table_host[:, NOISE_ON] > 0).tolist()
-        timesteps_host = scheduler.timesteps.tolist()
-        table = table_host.to(device)
-        timesteps = scheduler.timesteps.to(device)
+        scheduler, timesteps_host, noise_on, table, timesteps = self._schedule_for(
+            sampler, num_inference_steps, float(eta), device
+        )
         shape = (batch_size, *self.sample_shape())
 
         if noise == "torch" and generator is None and seed is not None:
@@ -218,6 +213,26 @@ class Pipeline:
 
         images = to_output(x, output_type)
         return PipelineOutput(images) if return_dict else (images,)
+
+    def _schedule_for(self, sampler: str, steps: int | None, eta: float, device: torch.device):
+        """The scheduler, timesteps, noise flags and device step table for these settings, built once:
+        a 1000-step DDPM table takes ~0.2 s of host work, which the CLI would otherwise pay per batch."""
+        key = (sampler, steps, eta, device, repr(sorted(self.scheduler_config.items())))
+        if key not in self._schedules:
+            scheduler = self.make_scheduler(sampler)
+            if steps is None:
+                steps = scheduler.config.num_train_timesteps if sampler == "ddpm" else 50
+            scheduler.set_timesteps(steps)
+            table_host = scheduler.step_table(eta=eta) if sampler == "ddim" else scheduler.step_table()
+            self._schedules.clear()  # the settings of the latest call only: a run keeps them fixed
+            self._schedules[key] = (
+                scheduler,
+                scheduler.timesteps.tolist(),
+                (table_host[:, NOISE_ON] > 0).tolist(),
+                table_host.to(device),
+                scheduler.timesteps.to(device),
+            )
+        return self._schedules[key]
 
     def _loop_for(self, key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile):
         """The cached SamplingLoop (and its graph replay, or None for eager) for this call's settings."""

@@ -254,3 +254,18 @@ def test_channels_last_gives_the_same_images(small_unet):
     nhwc = pipe(channels_last=True, **common).images
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert_close(nhwc, nchw, 1e-5, 0, "channels_last vs contiguous")
+
+
+def test_the_step_table_is_built_once_for_repeated_calls(small_unet, monkeypatch):
+    pipe = fastddpm.Pipeline.from_diffusers(small_unet)
+    built = []
+    original = fastddpm.DDPMScheduler.step_table
+    monkeypatch.setattr(
+        fastddpm.DDPMScheduler, "step_table", lambda self, *a, **k: built.append(1) or original(self, *a, **k)
+    )
+    common = dict(num_inference_steps=3, seed=1, noise="philox", output_type="pt", progress=False)
+    pipe(batch_size=2, **common)
+    pipe(batch_size=3, sample_offset=2, **common)  # the CLI's next batch: same schedule
+    assert len(built) == 1
+    pipe(batch_size=2, **{**common, "num_inference_steps": 4})
+    assert len(built) == 2
