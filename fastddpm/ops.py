@@ -101,10 +101,15 @@ def _implements(backend: str, op: str) -> bool:
     return not isinstance(module, str) and hasattr(module, op)
 
 
-def _dispatch(op: str, *args, **kwargs):
+def _candidates(op: str) -> tuple[str, ...]:
     names = selected_backends()
     if len(names) == 1 and not isinstance(_backend(names[0]), str) and not _implements(names[0], op):
-        names = BACKEND_ORDER  # a named backend serves the ops it has; the others go the usual way
+        return BACKEND_ORDER  # a named backend serves the ops it has; the others go the usual way
+    return names
+
+
+def _dispatch(op: str, *args, **kwargs):
+    names = _candidates(op)
     key = (op, names, torch.is_grad_enabled(), _signature(args), _signature(tuple(sorted(kwargs.items()))))
     chosen = _decisions.get(key)
     if chosen is None:
@@ -129,10 +134,7 @@ def _decide(op: str, names: tuple[str, ...], args, kwargs) -> str:
 
 def backend_for(op: str, *args, **kwargs) -> str:
     """The name of the backend that would serve this call (for tests, logs and benchmarks)."""
-    for name in selected_backends():
-        if not why_not(name, op, *args, **kwargs):
-            return name
-    raise BackendUnavailable(f"no backend can serve {op}")
+    return _decide(op, _candidates(op), args, kwargs)
 
 
 def group_norm(
