@@ -16,11 +16,14 @@ TORCH_LIBRARY(fastddpm, m) {
       "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, Tensor? add, "
       "Tensor? scale, Tensor? shift, bool silu) -> Tensor");
   m.def("attention(Tensor q, Tensor k, Tensor v, float scale) -> Tensor");
+  // CPU only: on CUDA, cuDNN's own convolutions (Winograd among them) are what nn.Conv2d already uses.
+  m.def("winograd_conv3x3(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int tile) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastddpm, CPU, m) {
   m.impl("group_norm", &fastddpm::group_norm_cpu);
   m.impl("attention", &fastddpm::attention_cpu);
+  m.impl("winograd_conv3x3", &fastddpm::winograd_conv3x3_cpu);
 }
 
 #ifdef FASTDDPM_WITH_CUDA

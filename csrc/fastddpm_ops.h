@@ -20,6 +20,13 @@ at::Tensor group_norm_cpu(
 
 at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
 
+at::Tensor winograd_conv3x3_cpu(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& residual,
+    int64_t tile);
+
 #ifdef FASTDDPM_WITH_CUDA
 at::Tensor group_norm_cuda(
     const at::Tensor& x,

@@ -15,7 +15,8 @@ from types import ModuleType
 
 import torch
 
-OPS = ("group_norm", "attention")
+OPS = ("group_norm", "attention")  # the ops with a CPU and a CUDA kernel
+CPU_ONLY_OPS = ("winograd_conv3x3",)  # used by fastddpm.conv.Conv2d, not by ops.py's dispatch
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 512  # csrc/attention_args.h kMaxHeadDim
 # fastddpm._C.cpu_capability (what setup.py compiled the CPU kernels for) against what torch detects here.
@@ -120,6 +121,11 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastddpm::attention")
     def _attention_fake(q, k, v, scale):
         return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("fastddpm::winograd_conv3x3")
+    def _winograd_conv3x3_fake(x, weight, bias, residual, tile):
+        n, _, h, w = x.shape
+        return x.new_empty((n, weight.shape[2], h, w)).contiguous(memory_format=torch.channels_last)
 
     _fakes_registered = True
 
@@ -261,6 +267,30 @@ def why_not_attention(
     if not reasons and q.device.type == "cpu" and not _explicitly_chosen():
         reasons.append(_CPU_ATTENTION_REFUSAL)
     return reasons
+
+
+def why_not_winograd_conv3x3(x: torch.Tensor) -> list[str]:
+    """Why the CPU Winograd convolution cannot take input x (the rest is fastddpm.conv's to check)."""
+    reasons = _common_reasons("winograd_conv3x3", {"x": x})
+    if x.device.type != "cpu":
+        reasons.append(f"winograd_conv3x3: CPU only, x is on {x.device.type}")
+    if x.dtype != torch.float32:
+        reasons.append(f"winograd_conv3x3: float32 only, x has dtype {x.dtype}")
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        reasons.append("winograd_conv3x3: x must be a 4-d channels_last tensor")
+    return reasons
+
+
+def winograd_conv3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    tile: int,
+) -> torch.Tensor:
+    """3x3 convolution (stride 1, padding 1) by Winograd F(tile x tile, 3 x 3); weight is the transformed
+    (tile + 2)^2 x C x C_out weight of fastddpm.conv.winograd_weight; + bias, + residual when given."""
+    return torch.ops.fastddpm.winograd_conv3x3(x, weight, bias, residual, int(tile))
 
 
 # Whoever imported fastddpm._C directly and met torch's "import 'fastddpm.backend_ext' to load the fake

@@ -96,9 +96,8 @@ class ResnetBlock2D(nn.Module):
             h = ops.group_norm(h, n2.num_groups, n2.weight, n2.bias, n2.eps, add=temb, silu=True)
         if self.dropout and self.training:
             h = F.dropout(h, self.dropout, training=True)
-        h = self.conv2(h)
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        out = shortcut + h
+        out = self.conv2(h, residual=shortcut)  # conv2(h) + shortcut, the add fused where the conv can
         if self.output_scale_factor != 1:
             out = out / self.output_scale_factor
         return out

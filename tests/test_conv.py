@@ -1,12 +1,22 @@
-"""fastddpm.conv.Conv2d: bit-identical to nn.Conv2d, reordered weight reused and refreshed correctly."""
+"""fastddpm.conv.Conv2d: the direct path bit-identical to nn.Conv2d, the Winograd path within its measured
+error of a float64 convolution; prepared weights reused and refreshed correctly."""
 
 import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from fastddpm import conv
+from fastddpm import backend_ext, conv
+from tests.tolerances import assert_close
+
+needs_ext = pytest.mark.skipif(
+    not backend_ext.is_built(), reason="fastddpm._C is not built (pip install -e . or .ci/build_ext.sh)"
+)
+# max |y - y_float64| / max |y_float64| measured on random data (fastddpm/conv.py): F(2,3) ~3e-7,
+# F(4,3) ~5e-6. The bounds leave a factor of 4-10 for other shapes and seeds.
+WINOGRAD_RELATIVE_ERROR = {2: 3e-6, 4: 2e-5}
 
 
 def pair(in_channels=6, out_channels=10, **kwargs):
@@ -20,7 +30,26 @@ def pair(in_channels=6, out_channels=10, **kwargs):
     "kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=0), dict(kernel_size=1)]
 )
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_matches_nn_conv2d(kwargs, channels_last):
+@pytest.mark.parametrize("in_channels", [6, 16])  # below and at WINOGRAD_MIN_IN_CHANNELS
+def test_direct_path_matches_nn_conv2d(kwargs, channels_last, in_channels, monkeypatch):
+    monkeypatch.setenv("FASTDDPM_CPU_CONV", "direct")
+    ours, reference = pair(in_channels, **kwargs)
+    x = torch.randn(3, in_channels, 9, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out, expected = ours(x), reference(x)
+    assert torch.equal(out, expected)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=0), dict(kernel_size=1)]
+)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_auto_keeps_nn_conv2d_bits_where_winograd_does_not_apply(kwargs, channels_last, monkeypatch):
+    monkeypatch.delenv("FASTDDPM_CPU_CONV", raising=False)
+    # auto: 6 input channels is below WINOGRAD_MIN_IN_CHANNELS; stride 2 and 1x1 are never Winograd.
     ours, reference = pair(**kwargs)
     x = torch.randn(3, 6, 9, 7)
     if channels_last:
@@ -56,3 +85,149 @@ def test_autograd_goes_through_nn_conv2d():
     reference(x).sum().backward()
     assert ours not in conv._reordered
     torch.testing.assert_close(ours.weight.grad, reference.weight.grad)
+
+
+def winograd_case(n, c, h, w, c_out, *, bias=True, seed=0):
+    torch.manual_seed(seed)
+    module = conv.Conv2d(c, c_out, kernel_size=3, padding=1, bias=bias)
+    x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(n, c_out, h, w).contiguous(memory_format=torch.channels_last)
+    return module, x, residual
+
+
+def float64_conv(module, x, residual=None):
+    bias = None if module.bias is None else module.bias.detach().double()
+    y = F.conv2d(x.double(), module.weight.detach().double(), bias, padding=1)
+    return y if residual is None else y + residual.double()
+
+
+def assert_winograd_close(actual, expected, tile, what):
+    scale = float(expected.abs().max())
+    assert_close(actual, expected, atol=WINOGRAD_RELATIVE_ERROR[tile] * scale, rtol=0, what=what)
+
+
+@needs_ext
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 20, 7, 5, 37), (1, 16, 4, 4, 16), (2, 33, 9, 13, 18), (1, 17, 1, 1, 5), (2, 24, 6, 11, 3)],
+    ids=str,
+)
+@pytest.mark.parametrize("bias", [True, False])
+def test_winograd_matches_a_float64_convolution(tile, shape, bias, monkeypatch):
+    monkeypatch.setenv("FASTDDPM_CPU_CONV", f"winograd{tile}")
+    module, x, residual = winograd_case(*shape, bias=bias)
+    with torch.no_grad():
+        out = module(x)
+        fused = module(x, residual=residual)
+    assert module in conv._transformed and conv._transformed[module][0][2] == tile  # the Winograd path ran
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    assert_winograd_close(out, float64_conv(module, x), tile, f"F({tile},3) {shape}")
+    assert_winograd_close(fused, float64_conv(module, x, residual), tile, f"F({tile},3) + residual {shape}")
+
+
+@needs_ext
+def test_winograd_residual_in_another_layout_is_added_after(monkeypatch):
+    monkeypatch.setenv("FASTDDPM_CPU_CONV", "winograd4")
+    module, x, residual = winograd_case(2, 16, 8, 6, 16)
+    nchw = residual.contiguous()
+    with torch.no_grad():
+        assert_winograd_close(module(x, residual=nchw), float64_conv(module, x, residual), 4, "NCHW residual")
+
+
+@needs_ext
+def test_auto_picks_winograd4_from_16_input_channels_on(monkeypatch):
+    monkeypatch.delenv("FASTDDPM_CPU_CONV", raising=False)
+    wide, x, _ = winograd_case(2, 16, 8, 8, 8)
+    with torch.no_grad():
+        wide(x)
+    assert conv._transformed[wide][0][2] == 4
+    narrow, x_narrow, _ = winograd_case(2, 15, 8, 8, 8)
+    with torch.no_grad():
+        narrow(x_narrow)
+    assert narrow not in conv._transformed and narrow in conv._reordered
+
+
+@needs_ext
+def test_transformed_weight_is_reused_and_refreshed_after_changes(monkeypatch):
+    monkeypatch.setenv("FASTDDPM_CPU_CONV", "winograd4")
+    module, x, _ = winograd_case(2, 16, 8, 8, 12)
+    with torch.no_grad():
+        module(x)
+        first = conv._transformed[module]
+        module(x)
+        assert conv._transformed[module] is first  # same weight: reused
+        module.weight.mul_(-0.5)
+        assert_winograd_close(module(x), float64_conv(module, x), 4, "after an in-place change")
+        module.weight = nn.Parameter(torch.randn_like(module.weight))
+        assert_winograd_close(module(x), float64_conv(module, x), 4, "after a new weight")
+        monkeypatch.setenv("FASTDDPM_CPU_CONV", "winograd2")
+        assert_winograd_close(module(x), float64_conv(module, x), 2, "after a tile change")
+
+
+@needs_ext
+def test_winograd_is_not_used_for_autograd_or_other_dtypes():
+    module, x, _ = winograd_case(2, 16, 6, 6, 8)
+    module(x).sum().backward()  # grad mode: nn.Conv2d
+    assert module.weight.grad is not None and module not in conv._transformed
+    with torch.no_grad():
+        half = copy.deepcopy(module).to(torch.bfloat16)
+        half(x.to(torch.bfloat16))
+    assert half not in conv._transformed
+
+
+def test_without_the_extension_auto_falls_back_to_the_direct_path(monkeypatch):
+    monkeypatch.setattr(backend_ext, "why_not_winograd_conv3x3", lambda x: ["fastddpm._C is not built"])
+    ours, reference = pair(16, 8, kernel_size=3, padding=1)
+    x = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+
+
+def test_unknown_algorithm_is_refused_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("FASTDDPM_CPU_CONV", "fft")
+    ours, _ = pair(16, 8, kernel_size=3, padding=1)
+    x = torch.randn(1, 16, 4, 4).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), pytest.raises(ValueError, match="FASTDDPM_CPU_CONV='fft' is not one of"):
+        ours(x)
+
+
+@needs_ext
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(tile=3), "tile must be 2 or 4"),
+        (dict(x="nchw"), "channels_last"),
+        (dict(weight="short"), "transformed weight"),
+        (dict(bias="long"), "bias must be"),
+        (dict(residual="small"), "residual must be"),
+    ],
+)
+def test_op_checks_its_arguments(change, message):
+    module, x, residual = winograd_case(2, 16, 6, 6, 8)
+    args = dict(
+        x=x, weight=conv.winograd_weight(module.weight, 4), bias=module.bias.detach(), residual=residual
+    )
+    tile = change.get("tile", 4)
+    if change.get("x") == "nchw":
+        args["x"] = x.contiguous()
+    if change.get("weight") == "short":
+        args["weight"] = args["weight"][:, :8].contiguous()
+    if change.get("bias") == "long":
+        args["bias"] = torch.zeros(9)
+    if change.get("residual") == "small":
+        args["residual"] = residual[:1].contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fastddpm.winograd_conv3x3(args["x"], args["weight"], args["bias"], args["residual"], tile)
+
+
+@needs_ext
+def test_fake_kernel_and_schema_pass_opcheck():
+    module, x, residual = winograd_case(2, 16, 5, 7, 8)
+    weight = conv.winograd_weight(module.weight, 4)
+    for res in (None, residual):
+        torch.library.opcheck(
+            torch.ops.fastddpm.winograd_conv3x3.default,
+            (x, weight, module.bias.detach(), res, 4),
+            test_utils=("test_schema", "test_faketensor"),
+        )

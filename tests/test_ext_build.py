@@ -16,7 +16,7 @@ built = pytest.mark.skipif(
 
 
 @built
-@pytest.mark.parametrize("op", backend_ext.OPS)
+@pytest.mark.parametrize("op", backend_ext.OPS + backend_ext.CPU_ONLY_OPS)
 def test_every_op_has_a_cpu_kernel(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastddpm::{op}", "CPU")
 

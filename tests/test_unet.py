@@ -42,7 +42,9 @@ def spatial(config: dict) -> tuple[int, int]:
     return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
 
 
-def compare(config: dict, batch: int = 3, timestep=None, seed: int = 0, **call) -> None:
+def compare(
+    config: dict, batch: int = 3, timestep=None, seed: int = 0, channels_last: bool = False, **call
+) -> None:
     model, unet = pair(config, seed)
     generator = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, config.get("in_channels", 3), *spatial(config), generator=generator)
@@ -50,6 +52,9 @@ def compare(config: dict, batch: int = 3, timestep=None, seed: int = 0, **call) 
         timestep = torch.randint(0, 1000, (batch,), generator=generator)
     with torch.no_grad():
         expected = model(x, timestep, **call).sample
+        if channels_last:  # fastddpm's CPU fast path: NHWC, oneDNN or Winograd convolutions (conv.py)
+            unet = unet.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         actual = unet(x, timestep, **call)
     assert_matches(actual, expected, f"config {config}, t={timestep}")
 
@@ -158,6 +163,17 @@ def test_channels_last_input_gives_channels_last_output():
         expected = model(x.contiguous(), torch.tensor([1, 2, 3])).sample
     assert_matches(actual, expected, "channels_last")
     assert actual.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "winograd4", "winograd2", "direct"])
+@pytest.mark.parametrize(
+    "config", [cifar10_config, small_256_family_config], ids=["cifar10-32", "256px-family-small"]
+)
+def test_channels_last_cpu_convolutions_match_diffusers(algorithm, config, monkeypatch):
+    # Every FASTDDPM_CPU_CONV choice keeps the float32 criterion on the real cifar10-32 config; Winograd
+    # F(4,3) is the one with the largest error (conv.py), so it is the one this test guards.
+    monkeypatch.setenv("FASTDDPM_CPU_CONV", algorithm)
+    compare(config(), batch=2, timestep=torch.tensor([640, 3]), channels_last=True)
 
 
 @pytest.mark.slow

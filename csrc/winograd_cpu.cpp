@@ -1,0 +1,220 @@
+// fastddpm::winograd_conv3x3 on the CPU: a 3x3, stride-1, padding-1 convolution of a channels-last float32
+// input by Winograd's minimal filtering F(m x m, 3 x 3) (Lavin & Gray 2015), m = 2 or 4.
+//
+// The image is cut into m x m output tiles. For each tile, the (m+2) x (m+2) input patch goes through the
+// input transform B^T d B; then for each of the (m+2)^2 transform positions one matrix product
+// (tiles x C) @ (C x C_out) with the transformed weight G g G^T (computed once in Python, in float64);
+// then the output transform A^T M A gives the m x m outputs, to which the bias (and, optionally, a residual)
+// is added. Per output pixel this is (m+2)^2 / m^2 multiply-adds per (C, C_out) pair instead of 9: 4 for
+// m = 2 (2.25x fewer), 2.25 for m = 4 (4x fewer).
+//
+// Three passes: input transform (vectorised over C, parallel over tiles), one batched sgemm (torch's bmm, so
+// MKL/oneDNN does the heavy part), output transform (vectorised over C_out, parallel over tiles). The
+// transforms only add, subtract and scale by small powers of two, written out by hand: a generic matrix
+// product would multiply by the zeros too (the compiler may not drop x * 0.f).
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+
+#include <c10/util/Exception.h>
+
+#include "fastddpm_ops.h"
+
+namespace fastddpm {
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+
+// One-dimensional transforms of F(m, 3); applying each to the rows and then to the columns gives the 2-D
+// transform. `In` maps m+2 inputs to m+2, `Out` maps m+2 to m.
+template <int M>
+struct Transforms;
+
+template <>
+struct Transforms<2> {
+  static inline void in(const Vec* d, Vec* r) {
+    r[0] = d[0] - d[2];
+    r[1] = d[1] + d[2];
+    r[2] = d[2] - d[1];
+    r[3] = d[1] - d[3];
+  }
+  static inline void out(const Vec* s, Vec* o) {
+    o[0] = s[0] + s[1] + s[2];
+    o[1] = s[1] - s[2] - s[3];
+  }
+};
+
+template <>
+struct Transforms<4> {
+  static inline void in(const Vec* d, Vec* r) {
+    const Vec four(4.f), five(5.f), two(2.f);
+    r[0] = four * d[0] - five * d[2] + d[4];
+    r[1] = d[3] + d[4] - four * (d[1] + d[2]);
+    r[2] = four * (d[1] - d[2]) + d[4] - d[3];
+    r[3] = two * (d[3] - d[1]) + d[4] - d[2];
+    r[4] = two * (d[1] - d[3]) + d[4] - d[2];
+    r[5] = four * d[1] - five * d[3] + d[5];
+  }
+  static inline void out(const Vec* s, Vec* o) {
+    const Vec two(2.f), four(4.f), eight(8.f);
+    const Vec sum12 = s[1] + s[2], diff12 = s[1] - s[2];
+    const Vec sum34 = s[3] + s[4], diff34 = s[3] - s[4];
+    o[0] = s[0] + sum12 + sum34;
+    o[1] = diff12 + two * diff34;
+    o[2] = sum12 + four * sum34;
+    o[3] = diff12 + eight * diff34 + s[5];
+  }
+};
+
+struct Geometry {
+  int64_t n, h, w, c, c_out;
+  int64_t tiles_h, tiles_w, tiles;
+};
+
+inline Vec load(const float* p, int64_t count) {
+  return count == kLanes ? Vec::loadu(p) : Vec::loadu(p, count);
+}
+
+inline void store(float* p, const Vec& v, int64_t count) {
+  if (count == kLanes) {
+    v.store(p);
+  } else {
+    v.store(p, count);
+  }
+}
+
+// v[(i * A + j) * tiles + tile][c] = (B^T d B)[i][j] for the patch d of input tile `tile`, channels c.
+template <int M>
+void input_transform(const float* x, float* v, const Geometry& g) {
+  constexpr int A = M + 2;
+  at::parallel_for(0, g.tiles, 16, [&](int64_t begin, int64_t end) {
+    Vec d[A][A], t[A][A], column[A], result[A];
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t sample = tile / (g.tiles_h * g.tiles_w);
+      const int64_t tile_y = tile / g.tiles_w % g.tiles_h;
+      const int64_t tile_x = tile % g.tiles_w;
+      const int64_t y0 = tile_y * M - 1, x0 = tile_x * M - 1;  // padding 1: the patch starts one pixel out
+      const float* image = x + sample * g.h * g.w * g.c;
+      for (int64_t c = 0; c < g.c; c += kLanes) {
+        const int64_t count = std::min(kLanes, g.c - c);
+        for (int i = 0; i < A; ++i) {
+          const int64_t y = y0 + i;
+          for (int j = 0; j < A; ++j) {
+            const int64_t xx = x0 + j;
+            d[i][j] = (y >= 0 && y < g.h && xx >= 0 && xx < g.w) ? load(image + (y * g.w + xx) * g.c + c, count)
+                                                                  : Vec(0.f);
+          }
+        }
+        for (int j = 0; j < A; ++j) {  // B^T d: transform each column
+          for (int i = 0; i < A; ++i) column[i] = d[i][j];
+          Transforms<M>::in(column, result);
+          for (int i = 0; i < A; ++i) t[i][j] = result[i];
+        }
+        for (int i = 0; i < A; ++i) {  // (B^T d) B: transform each row
+          Transforms<M>::in(t[i], result);
+          for (int j = 0; j < A; ++j) store(v + ((i * A + j) * g.tiles + tile) * g.c + c, result[j], count);
+        }
+      }
+    }
+  });
+}
+
+// y[pixel][o] = (A^T m A)[i][j] + bias[o] (+ residual[pixel][o]) for output tile `tile`, cropped at the edges.
+template <int M>
+void output_transform(const float* m, const float* bias, const float* residual, float* y, const Geometry& g) {
+  constexpr int A = M + 2;
+  at::parallel_for(0, g.tiles, 16, [&](int64_t begin, int64_t end) {
+    Vec s[A][A], t[M][A], column[A], result[M];
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t sample = tile / (g.tiles_h * g.tiles_w);
+      const int64_t tile_y = tile / g.tiles_w % g.tiles_h;
+      const int64_t tile_x = tile % g.tiles_w;
+      const int64_t rows = std::min<int64_t>(M, g.h - tile_y * M), cols = std::min<int64_t>(M, g.w - tile_x * M);
+      const int64_t first_pixel = (sample * g.h + tile_y * M) * g.w + tile_x * M;
+      for (int64_t o = 0; o < g.c_out; o += kLanes) {
+        const int64_t count = std::min(kLanes, g.c_out - o);
+        for (int i = 0; i < A; ++i) {
+          for (int j = 0; j < A; ++j) s[i][j] = load(m + ((i * A + j) * g.tiles + tile) * g.c_out + o, count);
+        }
+        for (int j = 0; j < A; ++j) {  // A^T s: transform each column
+          for (int i = 0; i < A; ++i) column[i] = s[i][j];
+          Transforms<M>::out(column, result);
+          for (int i = 0; i < M; ++i) t[i][j] = result[i];
+        }
+        const Vec b = bias != nullptr ? load(bias + o, count) : Vec(0.f);
+        for (int i = 0; i < rows; ++i) {  // (A^T s) A: transform each row, keep the pixels inside the image
+          Transforms<M>::out(t[i], result);
+          for (int j = 0; j < cols; ++j) {
+            const int64_t offset = (first_pixel + i * g.w + j) * g.c_out + o;
+            Vec value = result[j] + b;
+            if (residual != nullptr) value = value + load(residual + offset, count);
+            store(y + offset, value, count);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor winograd_conv3x3_cpu(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& residual,
+    int64_t tile) {
+  TORCH_CHECK(tile == 2 || tile == 4, "winograd_conv3x3: tile must be 2 or 4, got ", tile);
+  const int64_t a = tile + 2;
+  TORCH_CHECK(
+      x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+      "winograd_conv3x3: x must be a float32 (N, C, H, W) tensor in channels_last, got ", x.sizes(), " ",
+      x.scalar_type());
+  TORCH_CHECK(
+      weight.dim() == 3 && weight.size(0) == a * a && weight.size(1) == x.size(1) &&
+          weight.scalar_type() == at::kFloat && weight.is_contiguous(),
+      "winograd_conv3x3: weight must be the contiguous float32 transformed weight (", a * a, ", ", x.size(1),
+      ", C_out), got ", weight.sizes());
+  Geometry g{x.size(0), x.size(2), x.size(3), x.size(1), weight.size(2), 0, 0, 0};
+  g.tiles_h = (g.h + tile - 1) / tile;
+  g.tiles_w = (g.w + tile - 1) / tile;
+  g.tiles = g.n * g.tiles_h * g.tiles_w;
+  const float* bias_data = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(
+        bias->dim() == 1 && bias->size(0) == g.c_out && bias->scalar_type() == at::kFloat && bias->is_contiguous(),
+        "winograd_conv3x3: bias must be a contiguous float32 (", g.c_out, ",) tensor");
+    bias_data = bias->data_ptr<float>();
+  }
+  const float* residual_data = nullptr;
+  if (residual.has_value()) {
+    TORCH_CHECK(
+        residual->sizes() == at::IntArrayRef({g.n, g.c_out, g.h, g.w}) && residual->scalar_type() == at::kFloat &&
+            residual->is_contiguous(at::MemoryFormat::ChannelsLast),
+        "winograd_conv3x3: residual must be a float32 channels_last tensor of the output's shape");
+    residual_data = residual->data_ptr<float>();
+  }
+  const auto options = x.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor v = at::empty({a * a, g.tiles, g.c}, options);
+  at::Tensor y = at::empty({g.n, g.c_out, g.h, g.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (g.tiles == 0) {
+    return y;
+  }
+  if (tile == 2) {
+    input_transform<2>(x.data_ptr<float>(), v.data_ptr<float>(), g);
+  } else {
+    input_transform<4>(x.data_ptr<float>(), v.data_ptr<float>(), g);
+  }
+  const at::Tensor m = at::bmm(v, weight);  // (A*A, tiles, C_out)
+  if (tile == 2) {
+    output_transform<2>(m.data_ptr<float>(), bias_data, residual_data, y.data_ptr<float>(), g);
+  } else {
+    output_transform<4>(m.data_ptr<float>(), bias_data, residual_data, y.data_ptr<float>(), g);
+  }
+  return y;
+}
+
+}  // namespace fastddpm
