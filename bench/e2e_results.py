@@ -13,11 +13,16 @@ from pathlib import Path
 import torch
 
 RESULTS: list[dict] = []
+PARITY: list[dict] = []  # fastddpm fp32 images against diffusers fp32 ones, same generator
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def record(**row) -> None:
     RESULTS.append(row)
+
+
+def record_parity(**row) -> None:
+    PARITY.append(row)
 
 
 def machine_name() -> str:
@@ -88,6 +93,7 @@ def write_results() -> Path:
         "commit": _commit(),
         "results": RESULTS,
         "ratios": ratios(),
+        "parity_fp32_images": PARITY,
     }
     path.write_text(json.dumps(document, indent=1) + "\n")
     return path
@@ -107,5 +113,10 @@ def format_table() -> str:
     for q in ratios():
         lines.append(
             f"  {q['model']} {q['device']} b{q['batch']}: {q['fastddpm']} vs {q['baseline']}: {q['speedup']:.2f}x"
+        )
+    for p in PARITY:
+        lines.append(
+            f"  {p['model']} {p['device']} b{p['batch']}: fastddpm-fp32 images vs diffusers-fp32 "
+            f"(same generator, {p['steps']} steps): max |diff| {p['max_abs_diff']:.2e}"
         )
     return "\n".join(lines)

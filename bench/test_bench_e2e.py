@@ -158,3 +158,37 @@ def test_diffusers(benchmark, name, batch, variant):
 def test_fastddpm(benchmark, name, batch, variant):
     benchmark.group = f"{name}-b{batch}"
     measure(benchmark, name, "fastddpm", variant, batch, fastddpm_runner(name, variant, batch))
+
+
+@pytest.mark.parametrize("name,batch", CASES, ids=[f"{n}-b{b}" for n, b in CASES])
+def test_fastddpm_fp32_images_match_diffusers(name, batch):
+    """The speed rows' float32 fastddpm draws diffusers' images: the same checkpoint, sampler, steps and
+    generator (noise="torch"), output in [0, 1]; the issue's bar is max |diff| <= 1e-3. Recorded with the
+    results, so the file says what accuracy the measured speed came with."""
+    import diffusers
+
+    import fastddpm
+    from fastddpm.unet import UNet2D
+
+    theirs = diffusers.DDPMPipeline(
+        copy.deepcopy(base_unet(name)), diffusers.DDPMScheduler(variance_type="fixed_large")
+    )
+    theirs.set_progress_bar_config(disable=True)
+    ours = fastddpm.Pipeline(
+        UNet2D.from_diffusers(copy.deepcopy(base_unet(name))), {"variance_type": "fixed_large"}
+    )
+    with torch.no_grad():
+        expected = theirs(
+            batch_size=batch, generator=torch.manual_seed(7), num_inference_steps=STEPS, output_type="np"
+        ).images
+    got = ours(
+        batch_size=batch,
+        generator=torch.manual_seed(7),
+        num_inference_steps=STEPS,
+        noise="torch",
+        output_type="np",
+        progress=False,
+    ).images
+    max_diff = float(abs(got - expected).max())
+    e2e_results.record_parity(model=name, device=DEVICE, batch=batch, steps=STEPS, max_abs_diff=max_diff)
+    assert max_diff <= 1e-3, f"fastddpm fp32 vs diffusers fp32: max |diff| {max_diff:.3g} > 1e-3"

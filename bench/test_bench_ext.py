@@ -1,4 +1,5 @@
-"""fastddpm._C against torch: group_norm + SiLU (CPU and CUDA) and attention (CUDA).
+"""fastddpm._C against torch: group_norm + SiLU (CPU and CUDA), attention (CUDA), and the CPU Winograd 3x3
+convolution (fastddpm.conv.Conv2d's three CPU paths against nn.Conv2d).
 
 Run: python -m pytest bench/test_bench_ext.py --benchmark-enable [-m gpu]. Each benchmark group holds the
 extension and its torch counterpart at one shape; extra_info carries GB/s (group_norm: one read of x and
@@ -9,9 +10,10 @@ one write of y) so the groups read as a ratio. The CPU part runs anywhere; the C
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fastddpm import backend_ext
+from fastddpm import backend_ext, conv
 
 pytestmark = pytest.mark.skipif(
     not backend_ext.is_built(), reason="fastddpm._C is not built (pip install -e . or .ci/build_ext.sh)"
@@ -105,3 +107,31 @@ def test_cuda_attention(benchmark, impl, d, batch, dtype):
     with torch.inference_mode():
         out = benchmark(call)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=2e-2, rtol=2e-2)
+
+
+# The U-Net's 3x3 stride-1 convolutions at cifar10-32 (input channels, size, output channels), including the
+# up path's concatenated inputs.
+CIFAR_CONVS = [(128, 32, 128), (384, 32, 128), (256, 16, 256), (512, 16, 256), (256, 8, 256), (256, 4, 256)]
+
+
+@pytest.mark.parametrize("impl", ["nn.Conv2d", "direct", "winograd2", "winograd4"])
+@pytest.mark.parametrize("channels,size,out_channels", CIFAR_CONVS)
+@pytest.mark.parametrize("batch", [1, 8])
+def test_cpu_conv3x3(benchmark, impl, batch, channels, size, out_channels, monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    reference = nn.Conv2d(channels, out_channels, 3, padding=1)
+    module = reference if impl == "nn.Conv2d" else conv.Conv2d(channels, out_channels, 3, padding=1)
+    module.load_state_dict(reference.state_dict())
+    if impl != "nn.Conv2d":
+        monkeypatch.setenv("FASTDDPM_CPU_CONV", impl)
+    x = torch.randn(batch, channels, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
+    benchmark.group = f"conv3x3 cpu float32 {(batch, channels, size, size)} -> {out_channels}"
+    with torch.no_grad():
+        out = benchmark(module, x)
+        expected = reference(x)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(out, expected, atol=2e-5 * scale, rtol=0)
+    stats = getattr(benchmark, "stats", None)
+    if stats:
+        flops = 2 * 9 * batch * size * size * channels * out_channels  # direct convolution's count
+        benchmark.extra_info["GFLOP/s (direct count)"] = round(flops / stats.stats.mean / 1e9, 1)

@@ -274,8 +274,7 @@ def why_not_winograd_conv3x3(x: torch.Tensor) -> list[str]:
     reasons = _common_reasons("winograd_conv3x3", {"x": x})
     if x.device.type != "cpu":
         reasons.append(f"winograd_conv3x3: CPU only, x is on {x.device.type}")
-    if x.dtype != torch.float32:
-        reasons.append(f"winograd_conv3x3: float32 only, x has dtype {x.dtype}")
+
     if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
         reasons.append("winograd_conv3x3: x must be a 4-d channels_last tensor")
     return reasons

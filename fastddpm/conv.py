@@ -21,8 +21,9 @@ Two CPU paths, chosen per call by ``cpu_algorithm()`` (environment variable FAST
       (8,   3, 32, 128)    0.83 ms    2.94 ms  0.28x    2.10 ms  0.39x   (conv_in: too few input channels)
 
   Error, max |y - y_float64| / max |y_float64| on random data: direct ~3e-7, F(2,3) ~3e-7, F(4,3) ~5e-6.
-- ``auto`` (the default): F(4,3) where it measured faster (3x3, stride 1, padding 1, at least
-  ``WINOGRAD_MIN_IN_CHANNELS`` input channels), the direct path for the rest. The U-Net still matches
+- ``auto`` (the default): Winograd for 3x3, stride 1, padding 1 convolutions with at least
+  ``WINOGRAD_MIN_IN_CHANNELS`` input channels, F(4,3) on images of at least ``WINOGRAD4_MIN_SIZE`` pixels a
+  side and F(2,3) on smaller ones (where each measured faster); the direct path for the rest. The U-Net still matches
   diffusers within the float32 tolerance (tests/test_unet.py); FASTDDPM_CPU_CONV=direct gives nn.Conv2d's
   bits.
 
@@ -39,12 +40,20 @@ import weakref
 import torch
 from torch import nn
 
-from . import backend_ext
+from . import backend_ext, cpu_emulation
 
 CPU_ALGORITHMS = ("auto", "winograd4", "winograd2", "direct")
 # Below this many input channels the transforms cost more than the multiply-adds they save (conv_in, 3
 # channels, measured above).
 WINOGRAD_MIN_IN_CHANNELS = 16
+# Below this height or width, F(2,3) instead of F(4,3): with few tiles the GEMMs turn into matrix-vector
+# products that mostly read the transformed weight, 36 / 9 of the direct weight's size for F(4,3) against
+# 16 / 9 for F(2,3). Measured, 2 threads, median of 21, speed-up over the direct path, F(4,3) / F(2,3):
+#     (1, 256, 4, 4) -> 256   0.66x / 1.04x      (1, 256, 8, 8) -> 256   1.06x / 1.46x
+#     (2, 256, 4, 4) -> 256   0.84x / 1.38x      (1, 512, 8, 8) -> 256   0.63x / 1.28x
+#     (8, 256, 4, 4) -> 256   1.43x / 1.49x      (1, 256, 16, 16) -> 256 1.70x / 1.41x
+#     (1, 128, 32, 32) -> 128 2.54x / 1.73x      (1, 256, 32, 32) -> 128 2.59x / 1.74x
+WINOGRAD4_MIN_SIZE = 16
 
 # Winograd's weight transform G (Lavin & Gray 2015) for F(2x2, 3x3) and F(4x4, 3x3); the input and
 # output transforms are written out in csrc/winograd_cpu.cpp.
@@ -94,20 +103,23 @@ class Conv2d(nn.Conv2d):
         tile = self._winograd_tile(x)
         if tile:
             return self._winograd(x, residual, tile)
-        out = self._direct(x)
+        if x.dtype == torch.float32:
+            out = self._direct(x)
+        else:  # 16-bit activations this CPU would emulate: float32 arithmetic, rounded back (as Winograd does)
+            out = self._direct(x.float()).to(x.dtype)
         return out if residual is None else out + residual
 
     def _fast_cpu_path(self, x: torch.Tensor) -> bool:
         return (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
+            not torch.compiler.is_compiling()
+            and x.device.type == "cpu"
+            and (x.dtype == torch.float32 or cpu_emulation.emulates(x.dtype))
+            and self.weight.dtype == x.dtype
             and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.is_grad_enabled()
             and self.padding_mode == "zeros"
             and isinstance(self.padding, tuple)
-            and not torch.compiler.is_compiling()
             and _onednn_available()
         )
 
@@ -128,35 +140,47 @@ class Conv2d(nn.Conv2d):
             return 0
         if backend_ext.why_not_winograd_conv3x3(x):
             return 0
+        if algorithm == "auto":
+            # By the image's size, never the batch's, so a sample's numbers do not depend on its batch.
+            return 4 if min(x.shape[2], x.shape[3]) >= WINOGRAD4_MIN_SIZE else 2
         return 2 if algorithm == "winograd2" else 4
 
     def _winograd(self, x: torch.Tensor, residual: torch.Tensor | None, tile: int) -> torch.Tensor:
-        key = (self.weight._version, self.weight.data_ptr(), tile)
+        bias = self.bias
+        key = (self.weight._version, self.weight.data_ptr(), tile) + (
+            () if bias is None else (bias._version, bias.data_ptr())
+        )
         cached = _transformed.get(self)
         if cached is None or cached[0] != key:
-            cached = (key, winograd_weight(self.weight, tile))
+            # The kernel works in float32 whatever the activations' dtype: the weight transform and the
+            # bias are float32 copies, made once.
+            bias32 = None if bias is None else bias.detach().float().contiguous()
+            cached = (key, winograd_weight(self.weight, tile), bias32)
             _transformed[self] = cached
         fuse = (
             residual is not None
-            and residual.dtype == torch.float32
+            and residual.dtype == x.dtype
             and residual.shape == (x.shape[0], self.out_channels, x.shape[2], x.shape[3])
             and residual.is_contiguous(memory_format=torch.channels_last)
         )
-        bias = None if self.bias is None else self.bias.detach()
-        out = backend_ext.winograd_conv3x3(x, cached[1], bias, residual if fuse else None, tile)
+        out = backend_ext.winograd_conv3x3(x, cached[1], cached[2], residual if fuse else None, tile)
         return out + residual if residual is not None and not fuse else out
 
     def _direct(self, x: torch.Tensor) -> torch.Tensor:
-        key = (self.weight._version, self.weight.data_ptr(), tuple(x.shape))
+        """oneDNN's float32 convolution of float32 x with the reordered (float32) weight."""
+        bias = self.bias
+        key = (self.weight._version, self.weight.data_ptr(), tuple(x.shape)) + (
+            () if bias is None else (bias._version, bias.data_ptr())
+        )
         cached = _reordered.get(self)
         if cached is None or cached[0] != key:
             weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                self.weight.detach().to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation),
-                self.groups, list(x.shape),
+                self.weight.detach().float().to_mkldnn(), list(self.padding), list(self.stride),
+                list(self.dilation), self.groups, list(x.shape),
             )  # fmt: skip
-            cached = (key, weight)
+            cached = (key, weight, None if bias is None else bias.detach().float())
             _reordered[self] = cached
         return torch.ops.mkldnn._convolution_pointwise(
-            x, cached[1], self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
+            x, cached[1], cached[2], list(self.padding), list(self.stride), list(self.dilation), self.groups,
             "none", [], "",
         )  # fmt: skip

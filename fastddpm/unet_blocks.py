@@ -12,12 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import cpu_emulation, ops
 from .conv import Conv2d
 
 
-def concat_parameters(owner: nn.Module, key: str, tensors: list[torch.Tensor]) -> torch.Tensor:
-    """torch.cat(tensors) along dim 0, cached on ``owner`` until one of the tensors changes.
+def concat_parameters(
+    owner: nn.Module, key: str, tensors: list[torch.Tensor], dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """torch.cat(tensors) along dim 0 (cast to ``dtype`` when given), cached on ``owner`` until one of the
+    tensors changes.
 
     The diffusers-named parameters stay the source of truth; the fused copy (QKV weights, all time-embedding
     projections) is rebuilt when a parameter's data is replaced (new data pointer) or written in place
@@ -26,20 +29,22 @@ def concat_parameters(owner: nn.Module, key: str, tensors: list[torch.Tensor]) -
     (UNet2D._apply drops the caches, so ``.to()`` does not keep old copies alive). While autograd needs the
     gradient of the parameters, or under torch.compile (which fuses the cat itself), the cat is done every call.
     """
+    if dtype is not None:
+        key = f"{key}:{dtype}"
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
-        return torch.cat(tensors)
+        return torch.cat(tensors).to(dtype)
     try:
         # data_ptr changes when a parameter is replaced or moved, _version on every in-place write.
         stamp = tuple([(t.data_ptr(), t._version) for t in tensors])
     except RuntimeError:  # inference tensors keep no version counter: nothing to cache safely
-        return torch.cat(tensors)
+        return torch.cat(tensors).to(dtype)
     cache = owner.__dict__.setdefault("_fused_cache", {})
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
     # A normal tensor even inside inference_mode, so the cache stays usable outside it.
     with torch.inference_mode(False), torch.no_grad():
-        fused = torch.cat(tensors)
+        fused = torch.cat(tensors).to(dtype)
         sources = [t.detach() for t in tensors]
     cache[key] = (stamp, fused, sources)
     return fused
@@ -125,35 +130,51 @@ class AttentionBlock(nn.Module):
         self.inverse_rescale = 1.0 / rescale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if cpu_emulation.computes_in_float32(x):
+            return self._attend(x.float(), torch.float32).to(x.dtype)
+        return self._attend(x, None)
+
+    def _parameter(self, key: str, tensors: list[torch.Tensor], dtype: torch.dtype | None) -> torch.Tensor:
+        """One parameter, or several concatenated; a cached copy in ``dtype`` when one is given."""
+        if dtype is None and len(tensors) == 1:
+            return tensors[0]
+        return concat_parameters(self, key, tensors, dtype)
+
+    def _attend(self, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        """The block on x with its parameters in ``dtype`` (None: as they are)."""
         batch, channels, height, width = x.shape
         length = height * width
         h = x
         if self.group_norm is not None:
             norm = self.group_norm
-            h = ops.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+            norm_weight = self._parameter("norm_weight", [norm.weight], dtype)
+            norm_bias = self._parameter("norm_bias", [norm.bias], dtype)
+            h = ops.group_norm(x, norm.num_groups, norm_weight, norm_bias, norm.eps)
         tokens = h.reshape(batch, channels, length).transpose(1, 2)  # (B, L, C): a view for channels_last
-        weight = concat_parameters(self, "qkv_weight", [self.to_q.weight, self.to_k.weight, self.to_v.weight])
-        bias = concat_parameters(self, "qkv_bias", [self.to_q.bias, self.to_k.bias, self.to_v.bias])
+        weight = self._parameter("qkv_weight", [self.to_q.weight, self.to_k.weight, self.to_v.weight], dtype)
+        bias = self._parameter("qkv_bias", [self.to_q.bias, self.to_k.bias, self.to_v.bias], dtype)
         qkv = F.linear(tokens, weight, bias).view(batch, length, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, D)
         o = ops.attention(q, k, v, self.scale).transpose(1, 2).reshape(batch, length, channels)
 
         out_proj = self.to_out[0]
+        out_weight = self._parameter("out_weight", [out_proj.weight], dtype)
+        out_bias = self._parameter("out_bias", [out_proj.bias], dtype)
         alpha = beta = self.inverse_rescale
         if x.is_contiguous(memory_format=torch.channels_last):
             # Token-major: the residual viewed as (B*L, C) is the addmm input, the result is channels_last.
             residual = x.permute(0, 2, 3, 1).reshape(batch * length, channels)
             out = torch.addmm(
-                residual, o.reshape(batch * length, channels), out_proj.weight.t(), beta=beta, alpha=alpha
+                residual, o.reshape(batch * length, channels), out_weight.t(), beta=beta, alpha=alpha
             )
             out = out.view(batch, height, width, channels).permute(0, 3, 1, 2)
-            return out + out_proj.bias.view(1, channels, 1, 1) * alpha
+            return out + out_bias.view(1, channels, 1, 1) * alpha
         # Channel-major: (B, C, L) = W_out @ o^T + residual, in x's NCHW layout with no transposing copy.
-        weight_out = out_proj.weight.unsqueeze(0).expand(batch, channels, channels)
+        weight_out = out_weight.unsqueeze(0).expand(batch, channels, channels)
         out = torch.baddbmm(
             x.reshape(batch, channels, length), weight_out, o.transpose(1, 2), beta=beta, alpha=alpha
         )
-        return (out + out_proj.bias.view(1, channels, 1) * alpha).view(batch, channels, height, width)
+        return (out + out_bias.view(1, channels, 1) * alpha).view(batch, channels, height, width)
 
 
 class Downsample2D(nn.Module):

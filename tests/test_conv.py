@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastddpm import backend_ext, conv
+from fastddpm import backend_ext, conv, cpu_emulation
 from tests.tolerances import assert_close
 
 needs_ext = pytest.mark.skipif(
@@ -110,7 +110,14 @@ def assert_winograd_close(actual, expected, tile, what):
 @pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize(
     "shape",
-    [(3, 20, 7, 5, 37), (1, 16, 4, 4, 16), (2, 33, 9, 13, 18), (1, 17, 1, 1, 5), (2, 24, 6, 11, 3)],
+    [
+        (3, 20, 7, 5, 37),
+        (1, 16, 4, 4, 16),
+        (2, 33, 9, 13, 18),
+        (1, 17, 1, 1, 5),
+        (2, 24, 6, 11, 3),
+        (3, 16, 66, 62, 20),  # more tiles than one 2 MiB chunk holds, and a partial last chunk, at both sizes
+    ],
     ids=str,
 )
 @pytest.mark.parametrize("bias", [True, False])
@@ -136,13 +143,15 @@ def test_winograd_residual_in_another_layout_is_added_after(monkeypatch):
 
 
 @needs_ext
-def test_auto_picks_winograd4_from_16_input_channels_on(monkeypatch):
+@pytest.mark.parametrize("batch", [1, 5])
+def test_auto_picks_the_tile_by_image_size_and_channels_never_by_batch(batch, monkeypatch):
     monkeypatch.delenv("FASTDDPM_CPU_CONV", raising=False)
-    wide, x, _ = winograd_case(2, 16, 8, 8, 8)
-    with torch.no_grad():
-        wide(x)
-    assert conv._transformed[wide][0][2] == 4
-    narrow, x_narrow, _ = winograd_case(2, 15, 8, 8, 8)
+    for size, tile in [(16, 4), (17, 4), (15, 2), (4, 2)]:
+        module, x, _ = winograd_case(batch, 16, size, conv.WINOGRAD4_MIN_SIZE + 3, 8)
+        with torch.no_grad():
+            module(x)
+        assert conv._transformed[module][0][2] == tile, f"{size} px: expected F({tile},3)"
+    narrow, x_narrow, _ = winograd_case(batch, 15, 16, 16, 8)
     with torch.no_grad():
         narrow(x_narrow)
     assert narrow not in conv._transformed and narrow in conv._reordered
@@ -166,14 +175,63 @@ def test_transformed_weight_is_reused_and_refreshed_after_changes(monkeypatch):
 
 
 @needs_ext
-def test_winograd_is_not_used_for_autograd_or_other_dtypes():
+def test_winograd_is_not_used_for_autograd():
     module, x, _ = winograd_case(2, 16, 6, 6, 8)
     module(x).sum().backward()  # grad mode: nn.Conv2d
     assert module.weight.grad is not None and module not in conv._transformed
+
+
+# A 16-bit result is rounded once: half an ulp, 2^-9 of |y| for bfloat16 and 2^-12 for float16.
+ROUNDING = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=0), dict(kernel_size=1)],
+    ids=["3x3", "3x3-stride2", "1x1"],
+)
+def test_16_bit_activations_this_cpu_emulates_are_computed_in_float32(dtype, kwargs, monkeypatch):
+    # Where the CPU has no bf16/fp16 instructions, the 16-bit tensors go in and come out, with float32
+    # arithmetic inside (Winograd for the 3x3 stride-1 case, oneDNN float32 for the rest).
+    monkeypatch.setattr(cpu_emulation, "emulates", lambda d: d == dtype)
+    torch.manual_seed(0)
+    module = conv.Conv2d(20, 12, **kwargs).to(dtype)
+    x = torch.randn(3, 20, 9, 7).to(dtype).contiguous(memory_format=torch.channels_last)
+    residual = (
+        torch.randn(3, 12, *module(x).shape[2:]).to(dtype).contiguous(memory_format=torch.channels_last)
+    )
     with torch.no_grad():
-        half = copy.deepcopy(module).to(torch.bfloat16)
-        half(x.to(torch.bfloat16))
-    assert half not in conv._transformed
+        out, fused = module(x), module(x, residual=residual)
+    assert (module in conv._transformed) == (kwargs == dict(kernel_size=3, padding=1))
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    expected = F.conv2d(
+        x.double(),
+        module.weight.detach().double(),
+        module.bias.detach().double(),
+        module.stride,
+        module.padding,
+    )
+    scale = float(expected.abs().max())
+    assert_close(
+        out, expected, atol=WINOGRAD_RELATIVE_ERROR[4] * scale, rtol=ROUNDING[dtype], what=f"{dtype}"
+    )
+    # With the residual: one more rounding where the add is not fused (stride 2, 1x1).
+    with_residual = expected + residual.double()
+    atol = WINOGRAD_RELATIVE_ERROR[4] * scale + ROUNDING[dtype] * scale
+    assert_close(fused, with_residual, atol=atol, rtol=ROUNDING[dtype], what=f"{dtype} + residual")
+
+
+@needs_ext
+def test_16_bit_convolutions_stay_nn_conv2d_where_the_cpu_has_the_instructions(monkeypatch):
+    monkeypatch.setattr(cpu_emulation, "emulates", lambda d: False)
+    ours, reference = pair(16, 8, kernel_size=3, padding=1)
+    ours, reference = ours.to(torch.bfloat16), reference.to(torch.bfloat16)
+    x = torch.randn(2, 16, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+    assert ours not in conv._transformed
 
 
 def test_without_the_extension_auto_falls_back_to_the_direct_path(monkeypatch):
