@@ -1,6 +1,6 @@
-"""nn.Conv2d with faster CPU inference on NHWC float32 activations; exactly nn.Conv2d everywhere else.
+"""nn.Conv2d with faster CPU inference on NHWC activations; exactly nn.Conv2d everywhere else.
 
-Two CPU paths, chosen per call by ``cpu_algorithm()`` (environment variable FASTDDPM_CPU_CONV):
+Two CPU paths for float32, chosen per call by ``cpu_algorithm()`` (environment variable FASTDDPM_CPU_CONV):
 
 - ``direct``: oneDNN's convolution on a weight kept in oneDNN's blocked layout. torch's CPU convolution
   reorders the weight on every call; this keeps the reordered weight (per weight version and input shape).
@@ -9,25 +9,35 @@ Two CPU paths, chosen per call by ``cpu_algorithm()`` (environment variable FAST
   (1,128,32,32) 2.26 -> 2.19 ms.
 - ``winograd4`` / ``winograd2``: for 3x3, stride 1, padding 1 convolutions, Winograd's F(4x4, 3x3) or
   F(2x2, 3x3) in fastddpm._C (csrc/winograd_cpu.cpp): 4x or 2.25x fewer multiply-adds. The transformed
-  weight is computed once in float64 and cached like the reordered one. Measured against the direct path,
-  2 threads, same machine, same run (median of 15):
+  weight is computed once in float64 and cached like the reordered one. Measured with
+  `python -m pytest bench/test_bench_ext.py -k conv3x3 --benchmark-enable` (median, 2 threads, float32,
+  NHWC, ms; the cifar10-32 U-Net's shapes, including the up path's concatenated inputs):
 
-      (N, C, H, C_out)      direct     F(2,3)            F(4,3)
-      (8, 128, 32, 128)    14.5 ms    9.43 ms  1.54x    6.63 ms  2.19x
-      (8, 256, 16, 256)    13.9 ms    7.89 ms  1.77x    4.79 ms  2.91x
-      (8, 256,  8, 256)    3.52 ms    2.01 ms  1.75x    1.69 ms  2.08x
-      (8, 256,  4, 256)    1.34 ms    0.46 ms  2.90x    0.40 ms  3.36x
-      (1, 128, 32, 128)    1.68 ms    1.10 ms  1.53x    0.69 ms  2.43x
-      (8,   3, 32, 128)    0.83 ms    2.94 ms  0.28x    2.10 ms  0.39x   (conv_in: too few input channels)
+      (N, C, H, C_out)     nn.Conv2d  direct   F(2,3)   F(4,3)
+      (8, 128, 32, 128)      12.96     9.46     5.98     5.89
+      (8, 384, 32, 128)      31.38    31.11    29.23    13.19
+      (8, 256, 16, 256)      10.91    10.76     6.77     6.12
+      (8, 512, 16, 256)      24.04    21.81    12.50     8.96
+      (8, 256,  8, 256)       4.09     2.64     1.48     1.00
+      (8, 256,  4, 256)       1.81     1.08     0.46     0.46
+      (1, 128, 32, 128)       1.56     1.68     3.31     0.69
+      (1, 256, 16, 256)       2.28     1.64     1.04     0.94
+      (1, 256,  8, 256)       0.75     0.56     0.26     0.50
+      (1, 256,  4, 256)       0.73     0.28     0.23     0.32
 
-  Error, max |y - y_float64| / max |y_float64| on random data: direct ~3e-7, F(2,3) ~3e-7, F(4,3) ~5e-6.
+  Error, max |y - y_float64| / max |y_float64| on random data: direct ~3e-7, F(2,3) ~3e-7, F(4,3) ~5e-6;
+  on the whole cifar10-32 U-Net against diffusers, 8% of the 1e-4 float32 criterion for F(4,3).
 - ``auto`` (the default): Winograd for 3x3, stride 1, padding 1 convolutions with at least
   ``WINOGRAD_MIN_IN_CHANNELS`` input channels, F(4,3) on images of at least ``WINOGRAD4_MIN_SIZE`` pixels a
-  side and F(2,3) on smaller ones (where each measured faster); the direct path for the rest. The U-Net still matches
+  side and F(2,3) on smaller ones (where each measured faster; by image size, not batch, so that a
+  sample's numbers do not depend on its batch); the direct path for the rest. The U-Net still matches
   diffusers within the float32 tolerance (tests/test_unet.py); FASTDDPM_CPU_CONV=direct gives nn.Conv2d's
   bits.
 
-Everywhere else (CUDA, autograd, other dtypes or layouts, torch.compile) it is exactly nn.Conv2d. Parameter
+bf16 / fp16 activations on a CPU without bf16 / fp16 instructions (fastddpm.cpu_emulation) take the same
+paths with float32 arithmetic inside: the Winograd kernel loads 16-bit values and rounds its results back;
+the direct path converts around oneDNN's float32 convolution. Where the CPU has the instructions, and
+everywhere else (CUDA, autograd, other layouts, torch.compile), it is exactly nn.Conv2d. Parameter
 names are nn.Conv2d's, so state dicts are unchanged. ``forward(x, residual)`` returns conv(x) + residual;
 the Winograd path adds the residual in its output pass, which saves a read and a write of the activation.
 """
