@@ -24,6 +24,6 @@ def _case_of(item) -> tuple:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if e2e_results.RESULTS:
+    if e2e_results.RESULTS or e2e_results.INTERLEAVED:
         path = e2e_results.write_results()
         print(f"\n{e2e_results.format_table()}\nend-to-end results written to {path}")

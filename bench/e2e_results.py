@@ -14,6 +14,7 @@ import torch
 
 RESULTS: list[dict] = []
 PARITY: list[dict] = []  # fastddpm fp32 images against diffusers fp32 ones, same generator
+INTERLEAVED: list[dict] = []  # speed-ups timed round by round alternately (test_interleaved_speedup_...)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -23,6 +24,10 @@ def record(**row) -> None:
 
 def record_parity(**row) -> None:
     PARITY.append(row)
+
+
+def record_interleaved(**row) -> None:
+    INTERLEAVED.append(row)
 
 
 def machine_name() -> str:
@@ -94,6 +99,7 @@ def write_results() -> Path:
         "results": RESULTS,
         "ratios": ratios(),
         "parity_fp32_images": PARITY,
+        "interleaved_speedups": INTERLEAVED,
     }
     path.write_text(json.dumps(document, indent=1) + "\n")
     return path
@@ -113,6 +119,12 @@ def format_table() -> str:
     for q in ratios():
         lines.append(
             f"  {q['model']} {q['device']} b{q['batch']}: {q['fastddpm']} vs {q['baseline']}: {q['speedup']:.2f}x"
+        )
+    for q in INTERLEAVED:
+        lines.append(
+            f"  {q['model']} {q['device']} b{q['batch']}: {q['fastddpm']} vs {q['baseline']}, interleaved "
+            f"{q['rounds']} rounds: {q['fastddpm_ms_per_step']:.1f} vs {q['baseline_ms_per_step']:.1f} ms/step, "
+            f"{q['speedup']:.2f}x"
         )
     for p in PARITY:
         lines.append(
