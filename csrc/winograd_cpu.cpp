@@ -1,5 +1,6 @@
-// fastddpm::winograd_conv3x3 on the CPU: a 3x3, stride-1, padding-1 convolution of a channels-last float32
-// input by Winograd's minimal filtering F(m x m, 3 x 3) (Lavin & Gray 2015), m = 2 or 4.
+// fastddpm::winograd_conv3x3 on the CPU: a 3x3, stride-1, padding-1 convolution of a channels-last input
+// (float32, or bfloat16 / float16 loaded as float32 and rounded back on the way out) by Winograd's minimal
+// filtering F(m x m, 3 x 3) (Lavin & Gray 2015), m = 2 or 4. fastddpm/conv.py decides where it runs.
 //
 // The image is cut into m x m output tiles. For each tile, the (m+2) x (m+2) input patch goes through the
 // input transform B^T d B; then for each of the (m+2)^2 transform positions one matrix product
@@ -10,9 +11,9 @@
 //
 // Three passes per chunk of tiles: input transform (vectorised over C, parallel over tiles), one batched
 // sgemm (torch's bmm, so MKL does the heavy part: about 70% of the time at cifar10-32 shapes), output
-// transform (vectorised over C_out, parallel over tiles). The
-// transforms only add, subtract and scale by small powers of two, written out by hand: a generic matrix
-// product would multiply by the zeros too (the compiler may not drop x * 0.f).
+// transform (vectorised over C_out, parallel over tiles). The transforms only add, subtract and scale by
+// small powers of two, written out by hand: a generic matrix product would multiply by the zeros too (the
+// compiler may not drop x * 0.f).
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -202,10 +203,6 @@ int64_t chunk_tiles(int64_t bytes_per_tile, int64_t tiles) {
   constexpr int64_t kBudget = int64_t(2) << 20;
   return std::min(tiles, std::max<int64_t>(32, kBudget / bytes_per_tile));
 }
-
-}  // namespace
-
-namespace {
 
 // The three passes over all tiles, chunk by chunk, for activations (x, residual, y) of type T.
 template <typename T>
