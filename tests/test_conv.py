@@ -6,6 +6,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from fastddpm import backend_ext, conv, cpu_emulation
@@ -289,3 +291,41 @@ def test_fake_kernel_and_schema_pass_opcheck():
             (x, weight, module.bias.detach(), res, 4),
             test_utils=("test_schema", "test_faketensor"),
         )
+
+
+@needs_ext
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 40),
+    h=st.integers(1, 19),
+    w=st.integers(1, 19),
+    c_out=st.integers(1, 40),
+    tile=st.sampled_from([2, 4]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    bias=st.booleans(),
+    residual=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_winograd_op_matches_a_float64_convolution_on_any_shape(
+    n, c, h, w, c_out, tile, dtype, bias, residual, seed
+):
+    # The op itself, on every shape: partial tiles at the edges, channel counts that are not a multiple of
+    # the vector width (tails), 16-bit activations.
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(c_out, c, 3, 3, generator=gen) / (3 * c**0.5)).to(dtype)
+    b = torch.randn(c_out, generator=gen) if bias else None
+    r = torch.randn(n, c_out, h, w, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    out = torch.ops.fastddpm.winograd_conv3x3(
+        x, conv.winograd_weight(weight, tile), b, r if residual else None, tile
+    )
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    expected = F.conv2d(x.double(), weight.double(), None if b is None else b.double(), padding=1)
+    if residual:
+        expected = expected + r.double()
+    scale = max(float(expected.abs().max()), 1e-6)
+    rounding = ROUNDING.get(dtype, 0.0)
+    assert_close(
+        out, expected, atol=WINOGRAD_RELATIVE_ERROR[tile] * scale, rtol=rounding, what=f"{dtype} F({tile},3)"
+    )
