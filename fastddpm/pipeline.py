@@ -163,8 +163,9 @@ class Pipeline:
         any batch size, device or process split. Default steps: num_train_timesteps for ddpm, 50 for ddim.
         batch_size="auto" (CUDA) picks the largest batch that fits in free memory (auto_batch.py).
         use_cuda_graph (default: on CUDA) replays one captured graph of U-Net + sampler step for every step;
-        compile=True runs the U-Net through torch.compile. channels_last (default: prefer_channels_last)
-        runs the network on NHWC activations and weights.
+        compile=True runs the U-Net through torch.compile (on the CPU its convolutions then go through
+        nn.Conv2d as inductor sees them, not fastddpm.conv's Winograd path, which eager mode uses).
+        channels_last (default: prefer_channels_last) runs the network on NHWC activations and weights.
         """
         if batch_size == "auto":
             batch_size = auto_batch_size(self.unet, self.sample_shape(), self.dtype)
