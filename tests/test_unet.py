@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import pytest
 import torch
 
+from fastddpm import conv, cpu_emulation
 from fastddpm.unet import UNet2D
 from fastddpm.unet_config import DIFFUSERS_DEFAULTS
 from tests.model_factory import (
@@ -295,3 +297,27 @@ def test_compile_traces_the_whole_unet_as_one_graph():
         unet(x, t)
         compiled = torch.compile(unet, backend="eager", fullgraph=True, dynamic=False)
         assert_matches(compiled(x, t), model(x, t).sample, "compiled")
+
+
+# max |y - y_diffusers_fp32| / max |y_diffusers_fp32| measured for the SMALL config: bf16 ~1e-2, fp16 ~1.4e-3,
+# alike for the float32-inside path and the native 16-bit kernels. The bounds leave a factor of 3-4.
+SIXTEEN_BIT_ERROR = {torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("emulated", [True, False], ids=["float32-inside", "native-16-bit"])
+def test_16_bit_unet_on_cpu_stays_within_16_bit_error(dtype, emulated, monkeypatch):
+    # On a CPU without bf16/fp16 instructions the U-Net computes its convolutions and attention blocks in
+    # float32 (fastddpm.cpu_emulation); either way the result is as close to float32 as 16 bits allow.
+    monkeypatch.setattr(cpu_emulation, "emulates", lambda d: emulated and d == dtype)
+    model, unet = pair(small_cifar10_config(**SMALL, attention_head_dim=8))
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([1, 500, 999])
+    with torch.no_grad():
+        expected = model(x, t).sample
+        low = copy.deepcopy(unet).to(dtype).to(memory_format=torch.channels_last)
+        actual = low(x.to(dtype).contiguous(memory_format=torch.channels_last), t)
+    assert actual.dtype == dtype
+    assert any(m in conv._transformed for m in low.modules()) == emulated  # which path ran
+    error = float((actual.float() - expected).abs().max() / expected.abs().max())
+    assert error < SIXTEEN_BIT_ERROR[dtype], f"{dtype}: relative error {error:.3g}"
