@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import re
 import subprocess
@@ -88,7 +89,8 @@ def ratios() -> list[dict]:
 def write_results() -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     today = datetime.date.today().isoformat()
-    path = RESULTS_DIR / f"{machine_name()}-{today}.json"
+    tag = os.environ.get("FASTDDPM_BENCH_TAG", "").strip()  # a partial run keeps the day's main file
+    path = RESULTS_DIR / (f"{machine_name()}-{today}" + (f"-{tag}" if tag else "") + ".json")
     document = {
         "machine": machine_name(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
