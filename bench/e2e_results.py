@@ -115,7 +115,7 @@ def format_table() -> str:
         peak = "-" if r.get("peak_mib") is None else f"{r['peak_mib']:.0f}"
         lines.append(
             f"{r['model']:<10} {r['device']:<6} {r['batch']:>5} {r['variant']:<28} "
-            f"{r['ms_per_step']:>9.2f} {r['images_per_s_1000_steps']:>9.3f} {peak:>9}"
+            f"{r['ms_per_step']:>9.2f} {r['images_per_s_1000_steps']:>9.3g} {peak:>9}"
         )
     lines.append("* images/s for 1000-step sampling, from the measured ms/step")
     for q in ratios():
