@@ -18,34 +18,17 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_vec_io.h"
 #include "fastddpm_ops.h"
 #include "group_norm_args.h"
 
 namespace fastddpm {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kLanes = Vec::size();
-
-template <typename T>
-inline Vec load_floats(const T* p) {
-  if constexpr (std::is_same_v<T, float>) {
-    return Vec::loadu(p);
-  } else {
-    Vec out;
-    at::vec::load_to_float<T>(p, out);
-    return out;
-  }
-}
-
-template <typename T>
-inline void store_floats(T* p, const Vec& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    v.store(p);
-  } else {
-    at::vec::convert_from_float<T>(v, v).store(p, kLanes);
-  }
-}
+using cpu_vec::kLanes;
+using cpu_vec::load_floats;
+using cpu_vec::store_floats;
+using cpu_vec::Vec;
 
 inline float sum_lanes(const Vec& v) {
   float lanes[kLanes];

@@ -16,23 +16,24 @@
 // compiler may not drop x * 0.f).
 
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <type_traits>
 
+#include "cpu_vec_io.h"
 #include "fastddpm_ops.h"
 
 namespace fastddpm {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kLanes = Vec::size();
+using cpu_vec::kLanes;
+using cpu_vec::Vec;
+// The transform domain (v, m) is float32 whatever the activations' type T.
+using cpu_vec::load_floats;
+using cpu_vec::store_floats;
 
 // One-dimensional transforms of F(m, 3); applying each to the rows and then to the columns gives the 2-D
 // transform. `In` maps m+2 inputs to m+2, `Out` maps m+2 to m.
@@ -80,43 +81,6 @@ struct Geometry {
   int64_t tiles_h, tiles_w, tiles;
 };
 
-// count (<= kLanes) values of T as floats; the transform domain (v, m) is float32 whatever T is.
-template <typename T>
-inline Vec load(const T* p, int64_t count) {
-  if constexpr (std::is_same_v<T, float>) {
-    return count == kLanes ? Vec::loadu(p) : Vec::loadu(p, count);
-  } else {
-    if (count == kLanes) {
-      Vec out;
-      at::vec::load_to_float<T>(p, out);
-      return out;
-    }
-    float lanes[kLanes] = {};
-    for (int64_t i = 0; i < count; ++i) lanes[i] = static_cast<float>(p[i]);
-    return Vec::loadu(lanes);
-  }
-}
-
-// Rounds to T (round to nearest even, as torch's casts) when T is a 16-bit type.
-template <typename T>
-inline void store(T* p, const Vec& v, int64_t count) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (count == kLanes) {
-      v.store(p);
-    } else {
-      v.store(p, count);
-    }
-  } else {
-    if (count == kLanes) {
-      at::vec::convert_from_float<T>(v, v).store(p, kLanes);
-      return;
-    }
-    float lanes[kLanes];
-    v.store(lanes);
-    for (int64_t i = 0; i < count; ++i) p[i] = static_cast<T>(lanes[i]);
-  }
-}
-
 // v[(i * A + j) * rows + tile - first][c] = (B^T d B)[i][j] for the patch d of input tile `tile` in
 // [first, first + rows), channels c.
 template <int M, typename T>
@@ -136,7 +100,7 @@ void input_transform(const T* x, float* v, const Geometry& g, int64_t first, int
           const int64_t y = y0 + i;
           for (int j = 0; j < A; ++j) {
             const int64_t xx = x0 + j;
-            d[i][j] = (y >= 0 && y < g.h && xx >= 0 && xx < g.w) ? load(image + (y * g.w + xx) * g.c + c, count)
+            d[i][j] = (y >= 0 && y < g.h && xx >= 0 && xx < g.w) ? load_floats(image + (y * g.w + xx) * g.c + c, count)
                                                                   : Vec(0.f);
           }
         }
@@ -147,7 +111,7 @@ void input_transform(const T* x, float* v, const Geometry& g, int64_t first, int
         }
         for (int i = 0; i < A; ++i) {  // (B^T d) B: transform each row
           Transforms<M>::in(t[i], result);
-          for (int j = 0; j < A; ++j) store(v + ((i * A + j) * rows + tile - first) * g.c + c, result[j], count);
+          for (int j = 0; j < A; ++j) store_floats(v + ((i * A + j) * rows + tile - first) * g.c + c, result[j], count);
         }
       }
     }
@@ -172,21 +136,21 @@ void output_transform(
       for (int64_t o = 0; o < g.c_out; o += kLanes) {
         const int64_t count = std::min(kLanes, g.c_out - o);
         for (int i = 0; i < A; ++i) {
-          for (int j = 0; j < A; ++j) s[i][j] = load(m + ((i * A + j) * rows + tile - first) * g.c_out + o, count);
+          for (int j = 0; j < A; ++j) s[i][j] = load_floats(m + ((i * A + j) * rows + tile - first) * g.c_out + o, count);
         }
         for (int j = 0; j < A; ++j) {  // A^T s: transform each column
           for (int i = 0; i < A; ++i) column[i] = s[i][j];
           Transforms<M>::out(column, result);
           for (int i = 0; i < M; ++i) t[i][j] = result[i];
         }
-        const Vec b = bias != nullptr ? load(bias + o, count) : Vec(0.f);
+        const Vec b = bias != nullptr ? load_floats(bias + o, count) : Vec(0.f);
         for (int i = 0; i < height; ++i) {  // (A^T s) A: transform each row, keep the pixels inside the image
           Transforms<M>::out(t[i], result);
           for (int j = 0; j < width; ++j) {
             const int64_t offset = (first_pixel + i * g.w + j) * g.c_out + o;
             Vec value = result[j] + b;
-            if (residual != nullptr) value = value + load(residual + offset, count);
-            store(y + offset, value, count);
+            if (residual != nullptr) value = value + load_floats(residual + offset, count);
+            store_floats(y + offset, value, count);
           }
         }
       }
@@ -204,17 +168,17 @@ int64_t chunk_tiles(int64_t bytes_per_tile, int64_t tiles) {
   return std::min(tiles, std::max<int64_t>(32, kBudget / bytes_per_tile));
 }
 
-// The three passes over all tiles, chunk by chunk, for activations (x, residual, y) of type T.
-template <typename T>
+// The three passes of F(M x M, 3 x 3) over all tiles, chunk by chunk, for activations (x, residual, y) of
+// type T.
+template <int M, typename T>
 void winograd_passes(
     const at::Tensor& x,
     const at::Tensor& weight,
     const float* bias,
     const T* residual,
     at::Tensor& y,
-    const Geometry& g,
-    int64_t tile) {
-  const int64_t a = tile + 2;
+    const Geometry& g) {
+  constexpr int64_t a = M + 2;
   // Chunks of tiles, so that the transform-domain buffers v and m stay in cache between the three passes
   // instead of going through main memory (see chunk_tiles).
   const int64_t chunk = chunk_tiles(a * a * std::max(g.c, g.c_out) * int64_t(sizeof(float)), g.tiles);
@@ -228,17 +192,9 @@ void winograd_passes(
     // The last chunk may have fewer rows: the front of the same buffers, as (A*A, rows, .) matrices.
     at::Tensor v_rows = v.view(-1).narrow(0, 0, a * a * rows * g.c).view({a * a, rows, g.c});
     at::Tensor m_rows = m.view(-1).narrow(0, 0, a * a * rows * g.c_out).view({a * a, rows, g.c_out});
-    if (tile == 2) {
-      input_transform<2>(x_data, v_rows.mutable_data_ptr<float>(), g, first, rows);
-    } else {
-      input_transform<4>(x_data, v_rows.mutable_data_ptr<float>(), g, first, rows);
-    }
+    input_transform<M>(x_data, v_rows.mutable_data_ptr<float>(), g, first, rows);
     at::bmm_out(m_rows, v_rows, weight);  // (A*A, rows, C) @ (A*A, C, C_out), float32
-    if (tile == 2) {
-      output_transform<2>(m_rows.const_data_ptr<float>(), bias, residual, y_data, g, first, rows);
-    } else {
-      output_transform<4>(m_rows.const_data_ptr<float>(), bias, residual, y_data, g, first, rows);
-    }
+    output_transform<M>(m_rows.const_data_ptr<float>(), bias, residual, y_data, g, first, rows);
   }
 }
 
@@ -287,7 +243,11 @@ at::Tensor winograd_conv3x3_cpu(
   const auto run = [&](auto type_tag) {
     using T = decltype(type_tag);
     const T* residual_data = residual.has_value() ? residual->const_data_ptr<T>() : nullptr;
-    winograd_passes<T>(x, weight, bias_data, residual_data, y, g, tile);
+    if (tile == 2) {
+      winograd_passes<2, T>(x, weight, bias_data, residual_data, y, g);
+    } else {
+      winograd_passes<4, T>(x, weight, bias_data, residual_data, y, g);
+    }
   };
   if (dtype == at::kFloat) {
     run(float{});
