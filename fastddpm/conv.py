@@ -109,15 +109,18 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if not self._fast_cpu_path(x):
             out = super().forward(x)
-            return out if residual is None else out + residual
-        tile = self._winograd_tile(x)
-        if tile:
-            return self._winograd(x, residual, tile)
-        if x.dtype == torch.float32:
+        elif tile := self._winograd_tile(x):
+            return self._winograd(x, residual, tile)  # adds the residual itself
+        elif x.dtype == torch.float32:
             out = self._direct(x)
         else:  # 16-bit activations this CPU would emulate: float32 arithmetic, rounded back (as Winograd does)
             out = self._direct(x.float()).to(x.dtype)
         return out if residual is None else out + residual
+
+    def _parameter_stamp(self) -> tuple:
+        """Changes when the weight or bias is replaced (data pointer) or written in place (version)."""
+        stamp = (self.weight._version, self.weight.data_ptr())
+        return stamp if self.bias is None else stamp + (self.bias._version, self.bias.data_ptr())
 
     def _fast_cpu_path(self, x: torch.Tensor) -> bool:
         return (
@@ -157,9 +160,7 @@ class Conv2d(nn.Conv2d):
 
     def _winograd(self, x: torch.Tensor, residual: torch.Tensor | None, tile: int) -> torch.Tensor:
         bias = self.bias
-        key = (self.weight._version, self.weight.data_ptr(), tile) + (
-            () if bias is None else (bias._version, bias.data_ptr())
-        )
+        key = (self._parameter_stamp(), tile)
         cached = _transformed.get(self)
         if cached is None or cached[0] != key:
             # The kernel works in float32 whatever the activations' dtype: the weight transform and the
@@ -179,9 +180,7 @@ class Conv2d(nn.Conv2d):
     def _direct(self, x: torch.Tensor) -> torch.Tensor:
         """oneDNN's float32 convolution of float32 x with the reordered (float32) weight."""
         bias = self.bias
-        key = (self.weight._version, self.weight.data_ptr(), tuple(x.shape)) + (
-            () if bias is None else (bias._version, bias.data_ptr())
-        )
+        key = (self._parameter_stamp(), tuple(x.shape))
         cached = _reordered.get(self)
         if cached is None or cached[0] != key:
             weight = torch._C._nn.mkldnn_reorder_conv2d_weight(

@@ -129,7 +129,7 @@ def test_winograd_matches_a_float64_convolution(tile, shape, bias, monkeypatch):
     with torch.no_grad():
         out = module(x)
         fused = module(x, residual=residual)
-    assert module in conv._transformed and conv._transformed[module][0][2] == tile  # the Winograd path ran
+    assert module in conv._transformed and conv._transformed[module][0][-1] == tile  # the Winograd path ran
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
     assert_winograd_close(out, float64_conv(module, x), tile, f"F({tile},3) {shape}")
     assert_winograd_close(fused, float64_conv(module, x, residual), tile, f"F({tile},3) + residual {shape}")
@@ -152,7 +152,7 @@ def test_auto_picks_the_tile_by_image_size_and_channels_never_by_batch(batch, mo
         module, x, _ = winograd_case(batch, 16, size, conv.WINOGRAD4_MIN_SIZE + 3, 8)
         with torch.no_grad():
             module(x)
-        assert conv._transformed[module][0][2] == tile, f"{size} px: expected F({tile},3)"
+        assert conv._transformed[module][0][-1] == tile, f"{size} px: expected F({tile},3)"
     narrow, x_narrow, _ = winograd_case(batch, 15, 16, 16, 8)
     with torch.no_grad():
         narrow(x_narrow)
