@@ -22,7 +22,7 @@ import glob
 import os
 import sys
 
-import fastddpm.backend_ext as ext
+import fastddpm.ops.backend_ext as ext
 
 libraries = glob.glob("fastddpm/_C*.so")
 sources = glob.glob("csrc/*") + ["setup.py"]
@@ -38,7 +38,7 @@ else
     python setup.py build_ext --inplace
 fi
 python - <<'PY'
-import fastddpm.backend_ext as ext
+import fastddpm.ops.backend_ext as ext
 
 missing = [op for op in ext.OPS if op not in ext.ops_with_cuda_kernels()]
 assert not missing, f"fastddpm._C was built without CUDA kernels for {missing}"

@@ -31,7 +31,7 @@ fi
 step "build (editable install: fastddpm._C with sm_90 kernels, fastddpm.kernels)"
 timeout 300 python3 -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1
 result $? "build.log"
-python3 -c "import fastddpm.backend_ext as e; print('ext CUDA kernels:', e.ops_with_cuda_kernels())" 2>&1 | tee -a "$summary"
+python3 -c "import fastddpm.ops.backend_ext as e; print('ext CUDA kernels:', e.ops_with_cuda_kernels())" 2>&1 | tee -a "$summary"
 
 step "GPU tests (pytest -m gpu)"
 timeout 150 python3 -m pytest -m gpu -q -x -p no:cacheprovider tests >"$OUT/gpu_tests.log" 2>&1

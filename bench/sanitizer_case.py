@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from fastddpm import backend_ext, reference
+from fastddpm.ops import backend_ext, reference
 
 
 def check(name, actual, expected, tol):

@@ -78,7 +78,7 @@ def diffusers_runner(name: str, variant: str, batch: int):
 
 def fastddpm_runner(name: str, variant: str, batch: int):
     import fastddpm
-    from fastddpm.unet import UNet2D
+    from fastddpm.models.unet import UNet2D
 
     unet = UNet2D.from_diffusers(copy.deepcopy(base_unet(name)).to(DTYPES[variant]))
     pipe = fastddpm.Pipeline(unet, {"variance_type": "fixed_large"})
@@ -172,7 +172,7 @@ def test_fastddpm_fp32_images_match_diffusers(name, batch):
     import diffusers
 
     import fastddpm
-    from fastddpm.unet import UNet2D
+    from fastddpm.models.unet import UNet2D
 
     theirs = diffusers.DDPMPipeline(
         copy.deepcopy(base_unet(name)), diffusers.DDPMScheduler(variance_type="fixed_large")

@@ -1,5 +1,5 @@
 """fastddpm._C against torch: group_norm + SiLU (CPU and CUDA), attention (CUDA), and the CPU Winograd 3x3
-convolution (fastddpm.conv.Conv2d's three CPU paths against nn.Conv2d).
+convolution (fastddpm.models.conv.Conv2d's three CPU paths against nn.Conv2d).
 
 Run: python -m pytest bench/test_bench_ext.py --benchmark-enable [-m gpu]. Each benchmark group holds the
 extension and its torch counterpart at one shape; extra_info carries GB/s (group_norm: one read of x and
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fastddpm import backend_ext, conv
+from fastddpm.models import conv
+from fastddpm.ops import backend_ext
 
 pytestmark = pytest.mark.skipif(
     not backend_ext.is_built(), reason="fastddpm._C is not built (pip install -e . or .ci/build_ext.sh)"

@@ -9,7 +9,9 @@ fractions of the memory bandwidth (H200: ~4.8 TB/s). Without CUDA everything her
 import pytest
 import torch
 
-from fastddpm import backend_torch, backend_triton, ops, reference, step_table
+from fastddpm import ops
+from fastddpm.ops import backend_torch, backend_triton, reference
+from fastddpm.schedulers.ddpm import ddpm_row
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("triton")
@@ -69,9 +71,7 @@ def test_q_sample(benchmark, shape, noise_mode, impl):
 def test_sampler_step(benchmark, shape, model_dtype, noise_mode, impl):
     sample = torch.randn(shape, device="cuda")
     model_output = torch.randn(shape, device="cuda").to(model_dtype)
-    table = torch.stack(
-        [step_table.ddpm_row(ALPHAS_CUMPROD, t, t - 1, "fixed_small") for t in (500, 1)]
-    ).cuda()
+    table = torch.stack([ddpm_row(ALPHAS_CUMPROD, t, t - 1, "fixed_small") for t in (500, 1)]).cuda()
     coeffs = table[torch.tensor(0, device="cuda")]
     counter = dict(dtype=torch.int64, device="cuda")
     given = (

@@ -113,7 +113,7 @@ def load_digits_tensor() -> torch.Tensor:
 
 def build_unet(kind: str) -> torch.nn.Module:
     if kind == "fastddpm":
-        from fastddpm.unet import UNet2D
+        from fastddpm.models.unet import UNet2D
 
         return UNet2D(dict(UNET_CONFIG))
     from diffusers import UNet2DModel

@@ -4,8 +4,10 @@
     pipe = fastddpm.load("google/ddpm-cifar10-32")  # a folder, a .ckpt, a Hub id, or None: the built-in model
     images = pipe(batch_size=16, sampler="ddim", num_inference_steps=50, seed=0, noise="philox").images
 
-See pipeline.Pipeline.__call__ for the sampling options, schedulers.py for the diffusers-compatible
-schedulers, and ops.py for the fused ops and their backends.
+The parts, top to bottom: pipeline.py (load, configure, call), engine/ (the sync-free, graphed sampling
+loop), models/ (the U-Net), schedulers/ (diffusers-compatible schedulers), checkpoints/ (one reader per
+format, the writer), ops/ (the fused ops, their torch reference and their backends), cli/ (the command
+line). docs/architecture.md in the repository describes them.
 """
 
 from __future__ import annotations

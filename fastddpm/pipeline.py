@@ -1,7 +1,7 @@
 """The sampling pipeline: x_T, then U-Net forward + fused sampler step for every reverse step, then images.
 
 The loop keeps no per-step host work the device waits for: the step coefficients come from a table on
-the device (step_table.py), the U-Net's timestep is a view of a device tensor, and which steps draw noise
+the device (ops/step_columns.py), the U-Net's timestep is a view of a device tensor, and which steps draw noise
 is known on the host from the table before the loop starts. The sampler state x_t stays float32 whatever
 dtype the network runs in.
 """
@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import noise as noise_module
-from .auto_batch import auto_batch_size
-from .cuda_graph import capture_step
-from .sampling_loop import SamplingLoop
-from .schedulers import DDIMScheduler, DDPMScheduler, randn_tensor
-from .step_table import NOISE_ON
+from fastddpm.engine.auto_batch import auto_batch_size
+from fastddpm.engine.cuda_graph import capture_step
+from fastddpm.engine.sampling_loop import SamplingLoop
+from fastddpm.ops import noise as noise_module
+from fastddpm.ops.noise import randn_tensor
+from fastddpm.ops.step_columns import NOISE_ON
+from fastddpm.schedulers import DDIMScheduler, DDPMScheduler
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 SAMPLERS = ("ddpm", "ddim")
@@ -77,7 +78,7 @@ class Pipeline:
         cls, path: str | os.PathLike | None = None, device=None, dtype=None, **overrides
     ) -> Pipeline:
         """Read a diffusers folder, a google/ddpm-* folder, an original DDPM checkpoint or a Hub id."""
-        from .checkpoints import read_checkpoint
+        from fastddpm.checkpoints import read_checkpoint
 
         loaded = read_checkpoint(
             DEFAULT_MODEL_DIR if path is None else path, device=device, dtype=parse_dtype(dtype), **overrides
@@ -87,7 +88,7 @@ class Pipeline:
     @classmethod
     def from_diffusers(cls, obj: Any) -> Pipeline:
         """Wrap a diffusers DDPMPipeline / DDIMPipeline / UNet2DModel in memory, sharing its weights."""
-        from .unet import UNet2D
+        from fastddpm.models.unet import UNet2D
 
         unet_model = getattr(obj, "unet", obj)
         if not hasattr(unet_model, "config") or not hasattr(unet_model, "state_dict"):
@@ -100,7 +101,7 @@ class Pipeline:
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write a diffusers pipeline folder (model_index.json, unet/, scheduler/)."""
-        from .checkpoints import save_diffusers
+        from fastddpm.checkpoints import save_diffusers
 
         save_diffusers(self.unet, self.scheduler_config, folder)
 
@@ -164,7 +165,7 @@ class Pipeline:
         batch_size="auto" (CUDA) picks the largest batch that fits in free memory (auto_batch.py).
         use_cuda_graph (default: on CUDA) replays one captured graph of U-Net + sampler step for every step;
         compile=True runs the U-Net through torch.compile (on the CPU its convolutions then go through
-        nn.Conv2d as inductor sees them, not fastddpm.conv's Winograd path, which eager mode uses).
+        nn.Conv2d as inductor sees them, not fastddpm.models.conv's Winograd path, which eager mode uses).
         channels_last (default: prefer_channels_last) runs the network on NHWC activations and weights.
         """
         if batch_size == "auto":

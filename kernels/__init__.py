@@ -1,7 +1,7 @@
 """Triton kernels of fastddpm, one op per file; installed as ``fastddpm.kernels``.
 
 Each op module has a private ``_kernel`` (``@triton.jit``) and a launcher that validates its inputs,
-reshapes them and picks the grid. fastddpm/backend_triton.py decides when the launchers may be called
+reshapes them and picks the grid. fastddpm/ops/backend_triton.py decides when the launchers may be called
 (device, dtype, autograd) and imports this package only then, so ``import fastddpm`` needs no triton.
 
 Set TRITON_INTERPRET=1 *before* importing this package to run the kernels on CPU tensors: triton decides

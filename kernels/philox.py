@@ -1,4 +1,4 @@
-"""In-kernel "philox" noise: the numbers of fastddpm/noise.py, drawn where they are used.
+"""In-kernel "philox" noise: the numbers of fastddpm/ops/noise.py, drawn where they are used.
 
 noise.py defines the noise as Philox4x32-10 keyed by (seed & 0xFFFFFFFF, seed >> 32) on the counter
 (element, sample index, stream, 0), then Box-Muller (cosine branch) of the first two output words.

@@ -1,6 +1,6 @@
 """Fused forward noising: x_t = sqrt(abar[t_b]) * x0 + sqrt(1 - abar[t_b]) * eps, one read of x0 (and eps).
 
-eps is read from a tensor, or drawn in-kernel with the "philox" noise of fastddpm/noise.py and written out
+eps is read from a tensor, or drawn in-kernel with the "philox" noise of fastddpm/ops/noise.py and written out
 (training needs it). Per-sample timesteps index an abar table on the device, so nothing syncs with the host.
 The arithmetic rounds where reference.q_sample rounds (each torch op in x0's dtype), so fp16 / bf16 results
 match the reference to its last bit in most elements, and float32 results exactly.

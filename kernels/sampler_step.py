@@ -1,9 +1,9 @@
 """One fused reverse step (DDPM or DDIM): x0_hat, clipping, the posterior mean and the noise in one pass.
 
-The step's scalars come from one row of a step table (fastddpm/step_table.py) that lives on the device,
+The step's scalars come from one row of a step table (fastddpm/ops/step_columns.py) that lives on the device,
 typically ``table[step_index]`` with a device-resident index, and the philox stream and sample offset may
 be 0-d device tensors: the kernel loads them, so one captured CUDA graph replays for every step. The noise is read from a
-tensor or drawn in-kernel with the "philox" noise of fastddpm/noise.py.
+tensor or drawn in-kernel with the "philox" noise of fastddpm/ops/noise.py.
 
 The arithmetic follows reference.sampler_step operation by operation, including torch's type promotion
 with a float16 / bfloat16 model output (the state itself stays float32): ``coefficient * half_tensor``
@@ -12,7 +12,7 @@ operand, as everywhere in the reference except the two learned_range log-varianc
 float32 and rounds the product to half. The kernel rounds at the same places (``rounded``) and divides
 with IEEE division (``div_rn``), so steps agree with the reference to the last bit or two.
 
-Dynamic thresholding is not fused (see fastddpm/backend_triton.py): the launcher refuses it.
+Dynamic thresholding is not fused (see fastddpm/ops/backend_triton.py): the launcher refuses it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastddpm.step_table import (
+from fastddpm.ops.step_columns import (
     COEF_X0,
     COEF_XT,
     LOG_VAR_MAX,
@@ -177,7 +177,7 @@ def _check_columns() -> None:
     # The kernel indexes the row by literal column numbers (constexpr); keep them in step with the table.
     columns = (SQRT_ABAR, SQRT_ONE_MINUS_ABAR, COEF_X0, COEF_XT, SIGMA, LOG_VAR_MIN, LOG_VAR_MAX, NOISE_ON)
     if columns != tuple(range(8)) or NUM_COLUMNS != 8:
-        raise RuntimeError("kernels/sampler_step.py: step_table.py columns changed; update the kernel")
+        raise RuntimeError("kernels/sampler_step.py: ops/step_columns.py changed; update the kernel")
 
 
 _check_columns()

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.test_cli import run_cli, summary_of
+from tests.cli.test_cli import run_cli, summary_of
 
 DEFAULT_MODEL = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fastddpm", "default_model"

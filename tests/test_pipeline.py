@@ -196,7 +196,7 @@ def test_to_casts_the_network_but_keeps_the_sampler_state_float32(small_unet):
 
 
 def test_auto_batch_size_arithmetic_and_cpu_refusal(small_unet):
-    from fastddpm.auto_batch import batch_that_fits
+    from fastddpm.engine.auto_batch import batch_that_fits
 
     gib = 2**30
     # 1 GiB fixed + 0.1 GiB per sample at the peak, 10 GiB free: (0.85 * 10 - 1) / 0.1 = 75 samples fit

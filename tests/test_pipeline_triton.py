@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import fastddpm  # noqa: E402
-from fastddpm import backend_triton  # noqa: E402
+from fastddpm.ops import backend_triton  # noqa: E402
 from tests import model_factory  # noqa: E402
 from tests.tolerances import assert_close  # noqa: E402
 

@@ -1,0 +1,115 @@
+"""``fastddpm bench``: a short throughput table, fastddpm against diffusers on the same checkpoint.
+
+Both engines sample the same batch with the same sampler and number of steps on the same device and
+dtype, in one process; each gets one untimed warm-up call, then the best of ``--repeats`` timed calls.
+diffusers is optional: without it the table has the fastddpm row only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+from fastddpm.cli.errors import CliError
+from fastddpm.cli.sample import checkpoint_path, load_pipeline
+from fastddpm.cli.sharding import ProcessShare, device_for
+
+
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def best_seconds(call, device: str, repeats: int) -> float:
+    call()  # warm-up: kernel compilation, caches, allocator
+    best = float("inf")
+    for _ in range(repeats):
+        _synchronize(device)
+        started = time.perf_counter()
+        call()
+        _synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def diffusers_pipeline(folder: str, sampler: str, device: str, dtype: str):
+    """diffusers' DDPMPipeline / DDIMPipeline on a diffusers folder, or None when diffusers is absent."""
+    try:
+        import diffusers
+    except ImportError:
+        return None
+    import torch
+
+    # Its advice about `accelerate` and dtype casting is noise in a benchmark table.
+    diffusers.utils.logging.set_verbosity_error()
+    unet = diffusers.UNet2DModel.from_pretrained(os.path.join(folder, "unet"))
+    scheduler_class = diffusers.DDPMScheduler if sampler == "ddpm" else diffusers.DDIMScheduler
+    scheduler = scheduler_class.from_pretrained(os.path.join(folder, "scheduler"))
+    pipeline_class = diffusers.DDPMPipeline if sampler == "ddpm" else diffusers.DDIMPipeline
+    pipe = pipeline_class(unet=unet, scheduler=scheduler).to(device, getattr(torch, dtype))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_bench(args) -> int:
+    import torch
+
+    path = checkpoint_path(args.checkpoint)
+    device = device_for(ProcessShare(0, 1, 0, 0, 0), args.device)
+    pipe = load_pipeline(path, device, args.dtype)
+    train_steps = int(pipe.scheduler.config.num_train_timesteps)
+    if args.steps > train_steps:
+        raise CliError(
+            f"--steps {args.steps} is out of range: this checkpoint has {train_steps} training timesteps"
+        )
+
+    def fastddpm_call():
+        pipe(
+            batch_size=args.batch_size,
+            num_inference_steps=args.steps,
+            sampler=args.sampler,
+            seed=0,
+            output_type="np",
+            progress=False,
+        )
+
+    rows = [("fastddpm", best_seconds(fastddpm_call, device, args.repeats))]
+    with tempfile.TemporaryDirectory(prefix="fastddpm-bench-") as scratch:
+        # diffusers reads only its own folder layout: hand it the checkpoint as fastddpm converts it.
+        folder = os.path.join(scratch, "model")
+        pipe.save_pretrained(folder)
+        reference = diffusers_pipeline(folder, args.sampler, device, args.dtype)
+        if reference is not None:
+            generator = torch.Generator("cpu")
+
+            def diffusers_call():
+                reference(
+                    batch_size=args.batch_size,
+                    num_inference_steps=args.steps,
+                    generator=generator.manual_seed(0),
+                    output_type="np",
+                )
+
+            rows.append(("diffusers", best_seconds(diffusers_call, device, args.repeats)))
+    print(format_table(rows, args, device, path))
+    return 0
+
+
+def format_table(rows: list[tuple[str, float]], args, device: str, path: str) -> str:
+    baseline = dict(rows).get("diffusers")
+    lines = [
+        f"checkpoint {path}",
+        f"{args.sampler} {args.steps} steps, batch {args.batch_size}, {device}, {args.dtype}, "
+        f"best of {args.repeats} after one warm-up",
+        f"{'engine':<10} {'seconds':>9} {'images/s':>10} {'ms/step':>9} {'speed-up':>9}",
+    ]
+    for engine, seconds in rows:
+        speed_up = f"{baseline / seconds:.2f}x" if baseline else "-"
+        lines.append(
+            f"{engine:<10} {seconds:>9.3f} {args.batch_size / seconds:>10.1f} "
+            f"{1000 * seconds / args.steps:>9.2f} {speed_up:>9}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""``fastddpm sample``: draw N images into a folder, resumably, the same for any batch size or process split.
+
+Image i is drawn with philox noise at sample index i (pipeline noise="philox", sample_offset), so it depends
+only on (checkpoint, settings, seed, i). This process draws the indices of its torchrun block that are not
+on disk yet, in batches of consecutive indices, writing each image atomically as soon as its batch is done.
+The manifest guards the folder against a rerun with other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from fastddpm.cli.errors import CliError
+from fastddpm.cli.manifest import ManifestMismatch, check_or_write_manifest, checkpoint_fingerprint
+from fastddpm.cli.sample_writer import WriteFailed, to_uint8, write_grid, writer_for
+from fastddpm.cli.sharding import ProcessGroup, batches, device_for, process_share
+
+GRID_IMAGES = 64
+DEFAULT_DDIM_STEPS = 50
+
+
+def checkpoint_path(checkpoint: str | None) -> str:
+    """The checkpoint's path on disk (the embedded model's folder when none is given), checked to exist."""
+    if checkpoint is None:
+        from fastddpm.pipeline import DEFAULT_MODEL_DIR
+
+        path = str(DEFAULT_MODEL_DIR)
+        if not os.path.isdir(path):
+            raise CliError(f"the embedded default model is missing from {path}; reinstall fastddpm")
+        return path
+    if not os.path.exists(checkpoint):
+        raise CliError(f"checkpoint {checkpoint} does not exist")
+    return os.path.abspath(checkpoint)
+
+
+def load_pipeline(path: str, device: str, dtype: str):
+    """fastddpm.load, with any failure to read the checkpoint turned into one line of bad input."""
+    from fastddpm import pipeline
+
+    try:
+        pipe = pipeline.load(path)
+    except Exception as error:  # a corrupt file raises whatever its parser raises
+        raise CliError(
+            f"cannot read checkpoint {path}: {' '.join(str(error).split()) or type(error).__name__}"
+        ) from None
+    try:
+        return pipe.to(device, dtype)
+    except Exception as error:
+        raise CliError(
+            f"cannot move the model to device {device} in {dtype}: {' '.join(str(error).split())}"
+        ) from None
+
+
+def resolve_steps(pipe, sampler: str, steps: int | None) -> int:
+    train_steps = int(pipe.scheduler.config.num_train_timesteps)
+    if steps is None:
+        return train_steps if sampler == "ddpm" else min(DEFAULT_DDIM_STEPS, train_steps)
+    if not 1 <= steps <= train_steps:
+        raise CliError(
+            f"--steps {steps} is out of range: this checkpoint has {train_steps} training timesteps"
+        )
+    return steps
+
+
+def prepare_folder(folder: str) -> str:
+    folder = os.path.abspath(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"--out {folder} cannot be created: {error.strerror or error}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"--out {folder} is not writable")
+    return folder
+
+
+def run_sample(args) -> int:
+    try:
+        share = process_share(args.num)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    path = checkpoint_path(args.checkpoint)
+    pipe = load_pipeline(path, device_for(share, args.device), args.dtype)
+    steps = resolve_steps(pipe, args.sampler, args.steps)
+    # The folder only after the checkpoint and settings passed: bad input leaves no empty folder behind.
+    folder = prepare_folder(args.out)
+    writer = writer_for(args.format, folder, args.num)
+
+    settings = {
+        "checkpoint_sha256": checkpoint_fingerprint(path),
+        "num": args.num,
+        "sampler": args.sampler,
+        "steps": steps,
+        "eta": args.eta if args.sampler == "ddim" else 0.0,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "noise": "philox",
+        "format": args.format,
+    }
+    from fastddpm import __version__
+
+    info = {"checkpoint": path, "fastddpm_version": __version__}
+    try:
+        check_or_write_manifest(folder, settings, info, writer.has_samples())
+    except ManifestMismatch as error:
+        raise CliError(str(error)) from None
+    except OSError as error:
+        raise CliError(f"--out {folder}: cannot write the manifest: {error.strerror or error}") from None
+
+    group = ProcessGroup(share)
+    started = time.perf_counter()
+    todo = writer.missing(share.start, share.stop)
+    drawn = draw(pipe, writer, todo, args, steps, share)
+    total_drawn = group.sum(drawn)
+    seconds = time.perf_counter() - started
+    if share.is_main:
+        finish(writer, args)
+    group.barrier()
+    group.close()
+    if share.is_main:
+        summary = {
+            "images": total_drawn,
+            "skipped": args.num - total_drawn,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(total_drawn / seconds, 3) if seconds > 0 else None,
+            "checkpoint": path,
+            "sampler": args.sampler,
+            "steps": steps,
+            "eta": settings["eta"],
+            "seed": args.seed,
+            "format": args.format,
+            "out": writer.output,
+            "processes": share.world_size,
+        }
+        print(json.dumps(summary), flush=True)
+    return 0
+
+
+def draw(pipe, writer, todo: list[int], args, steps: int, share) -> int:
+    """Sample and write the indices in ``todo``; returns how many were drawn."""
+    from tqdm.auto import tqdm
+
+    span = share.stop - share.start
+    show = share.is_main and sys.stderr.isatty()
+    with tqdm(
+        total=span,
+        initial=span - len(todo),
+        unit="img",
+        disable=not show,
+        desc="fastddpm sample",
+        file=sys.stderr,
+    ) as progress:
+        for first, count in batches(todo, args.batch_size):
+            try:
+                images = pipe(
+                    batch_size=count,
+                    num_inference_steps=steps,
+                    sampler=args.sampler,
+                    eta=args.eta,
+                    seed=args.seed,
+                    noise="philox",
+                    output_type="np",
+                    progress=False,
+                    sample_offset=first,
+                ).images
+            except ValueError as error:  # the pipeline's own check of its arguments
+                raise CliError(" ".join(str(error).split())) from None
+            try:
+                writer.write(first, to_uint8(images))
+            except WriteFailed as error:
+                raise CliError(
+                    f"{error.strerror}; the images written so far are kept, rerun to resume"
+                ) from None
+            progress.update(count)
+    return len(todo)
+
+
+def finish(writer, args) -> None:
+    try:
+        writer.finish()
+        if args.grid:
+            os.makedirs(os.path.dirname(os.path.abspath(args.grid)), exist_ok=True)
+            write_grid(writer.read(min(GRID_IMAGES, args.num)), os.path.abspath(args.grid), args.grid_scale)
+    except WriteFailed as error:
+        raise CliError(f"{error.strerror}; the images written so far are kept, rerun to resume") from None

@@ -1,0 +1,298 @@
+"""The ext backend of ops: the C++/CUDA extension fastddpm._C, reached as torch.ops.fastddpm.*.
+
+Importing this module works without the extension (a source checkout, FASTDDPM_NO_EXT=1): every
+``why_not_*`` then says "not built". When fastddpm._C is there, importing this module also registers the
+ops' fake implementations, which torch.compile and CUDA graph capture need to trace through the ops
+(csrc/fastddpm_ops.cpp names this module as the place where they live).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType
+
+import torch
+
+OPS = ("group_norm", "attention")  # the ops with a CPU and a CUDA kernel
+CPU_ONLY_OPS = ("winograd_conv3x3",)  # used by fastddpm.models.conv.Conv2d, not by ops' dispatch
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 512  # csrc/attention_args.h kMaxHeadDim
+# fastddpm._C.cpu_capability (what setup.py compiled the CPU kernels for) against what torch detects here.
+_CPU_CAPABILITY_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
+
+# CPU group_norm: measured faster than torch's group_norm + silu at every cifar10-32 U-Net shape, so no
+# shape is refused. Measured 2026-11-29 on the 2-core CI machine (AVX-512 CPU; fastddpm._C built for AVX512,
+# as torch's own kernels), float32, weight + bias + SiLU, 32 groups, 10th-percentile time of 100-400 calls
+# interleaved with torch's (other jobs shared the machine, load average ~6):
+#
+#     shape              1 thread: ext / torch     2 threads: ext / torch
+#     (1, 128, 32, 32)    123 / 168 us  1.37x       86 / 115 us  1.34x
+#     (1, 256, 16, 16)     72 /  95 us  1.32x       38 /  47 us  1.23x
+#     (1, 256,  8,  8)     24 /  29 us  1.17x       17 /  27 us  1.54x
+#     (1, 256,  4,  4)     13 /  16 us  1.23x       13 /  16 us  1.23x
+#     (8, 128, 32, 32)   1963 / 3182 us 1.62x     2844 / 15415 us (noisy)
+#     (8, 256, 16, 16)    888 / 1506 us 1.70x      474 / 632 us  1.33x
+#     (8, 256,  8,  8)    243 / 279 us  1.15x      102 / 108 us  1.06x
+#     (8, 256,  4,  4)     55 /  67 us  1.21x       43 /  47 us  1.08x
+#
+# bfloat16, 1 thread: 1.01x - 1.31x at the same shapes. Before the AVX512 build and the OpenMP flag the
+# AVX2 kernel lost at most shapes (0.52x - 0.96x): those are the choices that made it win.
+# Should a shape lose on another machine, list it here: (N, C, H, W) with 32 groups, NCHW.
+_CPU_GROUP_NORM_SLOWER: frozenset[tuple[int, int, int, int]] = frozenset()
+
+# CPU attention: refused in favour of torch's SDPA (a flash-style kernel on oneDNN/MKL GEMMs). Measured
+# 2026-11-29 on the same machine, float32, 1 thread, best of 20: this kernel (broadcast FMAs, ~14 GFLOP/s)
+# against SDPA (~110 GFLOP/s):
+#     (1, 1, 256, 256)   5.05 ms vs 0.61 ms
+#     (1, 1, 256, 512)   9.44 ms vs 1.59 ms
+#     (1, 1, 256,  64)   1.01 ms vs 0.24 ms
+# (bfloat16, 2 threads, (1, 1, 256, 512): 26.5 ms vs 6.5 ms.) The kernel stays for FASTDDPM_BACKEND=ext and
+# as the CPU twin the tests check the op's meaning with.
+_CPU_ATTENTION_REFUSAL = (
+    "attention: torch's SDPA was measured 4-8x faster than this CPU kernel (see backend_ext.py); "
+    "set FASTDDPM_BACKEND=ext to use it anyway"
+)
+
+# The CUDA kernels were written and compiled (nvcc 13.0, sm_90) on a machine without a GPU; they have never
+# run. Until bench/gpu_check.sh's `pytest -m gpu` passes on a GPU, "auto" does not pick them (a kernel that
+# was never run must not silently serve the U-Net); FASTDDPM_BACKEND=ext and the GPU tests still reach
+# them. Set to True in the commit that records a passing GPU run.
+CUDA_KERNELS_RUN_ON_A_GPU = False
+_CUDA_NOT_YET_RUN = (
+    "the CUDA kernels of fastddpm._C have not yet passed the GPU tests (compiled, not run); "
+    "FASTDDPM_BACKEND=ext uses them anyway"
+)
+
+_extension: ModuleType | None = None
+_load_error: str | None = None
+_fakes_registered = False
+
+
+def _load() -> ModuleType | None:
+    """fastddpm._C, imported once; None (and _load_error says why) when it is not built or fails to load."""
+    global _extension, _load_error
+    if _extension is None and _load_error is None:
+        try:
+            _extension = importlib.import_module("fastddpm._C")
+        except ImportError as exc:
+            _load_error = (
+                f"fastddpm._C is not built ({exc}); build it with `pip install -e .` or .ci/build_ext.sh"
+            )
+        else:
+            _register_fakes()
+    return _extension
+
+
+def is_built() -> bool:
+    return _load() is not None
+
+
+def ops_with_cuda_kernels() -> list[str]:
+    """The ops for which the loaded library registered a CUDA kernel (asks torch's dispatcher, not a flag)."""
+    if _load() is None:
+        return []
+    return [op for op in OPS if torch._C._dispatch_has_kernel_for_dispatch_key(f"fastddpm::{op}", "CUDA")]
+
+
+def cuda_kernels_built() -> bool:
+    """Whether the extension is built with a CUDA kernel for every op."""
+    return len(ops_with_cuda_kernels()) == len(OPS)
+
+
+def _result_memory_format(x: torch.Tensor) -> torch.memory_format:
+    # The kernels' rule (csrc/group_norm_args.h is_channels_last_input): channels-last stays channels-last,
+    # everything else comes back NCHW-contiguous.
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _register_fakes() -> None:
+    global _fakes_registered
+    if _fakes_registered:
+        return
+
+    @torch.library.register_fake("fastddpm::group_norm")
+    def _group_norm_fake(x, num_groups, weight, bias, eps, add, scale, shift, silu):
+        return torch.empty_like(x, memory_format=_result_memory_format(x))
+
+    @torch.library.register_fake("fastddpm::attention")
+    def _attention_fake(q, k, v, scale):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("fastddpm::winograd_conv3x3")
+    def _winograd_conv3x3_fake(x, weight, bias, residual, tile):
+        n, _, h, w = x.shape
+        return x.new_empty((n, weight.shape[2], h, w)).contiguous(memory_format=torch.channels_last)
+
+    _fakes_registered = True
+
+
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    *,
+    add: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    silu: bool = False,
+) -> torch.Tensor:
+    """reference.group_norm through fastddpm::group_norm; see why_not_group_norm for what it serves."""
+    _load()
+    return torch.ops.fastddpm.group_norm(
+        x, int(num_groups), weight, bias, float(eps), add, scale, shift, bool(silu)
+    )
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """reference.attention through fastddpm::attention (scale defaults to D ** -0.5, as torch's SDPA)."""
+    _load()
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return torch.ops.fastddpm.attention(q, k, v, float(scale))
+
+
+def _explicitly_chosen() -> bool:
+    # FASTDDPM_BACKEND=ext asks for these kernels even where torch was measured faster: speed refusals are
+    # advice for "auto", the rest are things the kernels cannot do.
+    return os.environ.get("FASTDDPM_BACKEND", "auto").strip().lower() == "ext"
+
+
+def _common_reasons(op: str, tensors: dict[str, torch.Tensor | None]) -> list[str]:
+    """Reasons shared by every op: not built, devices, dtypes, autograd, the CPU's instruction set."""
+    extension = _load()
+    if extension is None:
+        return [_load_error or "fastddpm._C is not built"]
+    present = {name: t for name, t in tensors.items() if t is not None}
+    for name, t in present.items():
+        if not isinstance(t, torch.Tensor):
+            return [f"{op}: {name} is a {type(t).__name__}, not a tensor"]
+    first_name, first = next(iter(present.items()))
+    reasons = []
+    if first.dtype not in SUPPORTED_DTYPES:
+        reasons.append(
+            f"{op}: {first_name} has dtype {first.dtype}; the kernels take float32, float16, bfloat16"
+        )
+    device = first.device
+    if any(t.device != device for t in present.values()):
+        reasons.append(f"{op}: the tensors are on different devices")
+    if device.type == "cuda":
+        if op not in ops_with_cuda_kernels():
+            reasons.append(f"{op}: this build of fastddpm._C has no CUDA kernel (built without CUDA)")
+        elif not CUDA_KERNELS_RUN_ON_A_GPU and not _explicitly_chosen():
+            reasons.append(_CUDA_NOT_YET_RUN)
+    elif device.type == "cpu":
+        built_for = extension.cpu_capability
+        if (
+            _CPU_CAPABILITY_RANK.get(torch.backends.cpu.get_cpu_capability(), 0)
+            < _CPU_CAPABILITY_RANK[built_for]
+        ):
+            reasons.append(
+                f"{op}: fastddpm._C's CPU kernels were built for {built_for}, which this CPU lacks"
+            )
+    else:
+        reasons.append(f"{op}: no kernel for device {device.type}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present.values()):
+        reasons.append(f"{op}: the kernels have no backward, and an input requires grad")
+    return reasons
+
+
+def why_not_group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    *,
+    add: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    silu: bool = False,
+) -> list[str]:
+    tensors = {"x": x, "weight": weight, "bias": bias, "add": add, "scale": scale, "shift": shift}
+    reasons = _common_reasons("group_norm", tensors)
+    if any(t is not None and not isinstance(t, torch.Tensor) for t in tensors.values()):
+        return reasons
+    if x.dim() != 4:
+        return reasons + [f"group_norm: x must be 4-d (N, C, H, W), got shape {tuple(x.shape)}"]
+    n, c, h, w = x.shape
+    if not isinstance(num_groups, int) or num_groups <= 0 or c % num_groups:
+        reasons.append(f"group_norm: num_groups={num_groups} does not divide C={c}")
+    for name in ("weight", "bias"):
+        t = tensors[name]
+        if t is not None and tuple(t.shape) != (c,):
+            reasons.append(f"group_norm: {name} has shape {tuple(t.shape)}, expected ({c},)")
+    for name in ("add", "scale", "shift"):
+        t = tensors[name]
+        if t is not None and tuple(t.shape) != (n, c):
+            reasons.append(f"group_norm: {name} has shape {tuple(t.shape)}, expected ({n}, {c})")
+    if scale is None and shift is not None:
+        reasons.append("group_norm: shift without scale (reference.group_norm applies shift only with scale)")
+    if (
+        not reasons
+        and x.device.type == "cpu"
+        and not _explicitly_chosen()
+        and _result_memory_format(x) == torch.contiguous_format
+        and num_groups == 32
+        and (n, c, h, w) in _CPU_GROUP_NORM_SLOWER
+    ):
+        reasons.append(f"group_norm: torch was measured faster on CPU at {(n, c, h, w)} (see backend_ext.py)")
+    return reasons
+
+
+def why_not_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> list[str]:
+    reasons = _common_reasons("attention", {"q": q, "k": k, "v": v})
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return reasons or ["attention: q, k and v must all be tensors"]
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return reasons + ["attention: q, k and v must be 4-d (B, heads, L, D)"]
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        reasons.append(
+            f"attention: shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match "
+            "(k and v alike; B, heads and D shared with q)"
+        )
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        reasons.append("attention: q, k and v have different dtypes")
+    if not 1 <= q.shape[3] <= MAX_HEAD_DIM:
+        reasons.append(f"attention: head dimension {q.shape[3]} is outside 1..{MAX_HEAD_DIM}")
+    if k.shape[2] == 0 and q.shape[2] > 0:
+        reasons.append("attention: no keys (L = 0)")
+    if not reasons and q.device.type == "cpu" and not _explicitly_chosen():
+        reasons.append(_CPU_ATTENTION_REFUSAL)
+    return reasons
+
+
+def why_not_winograd_conv3x3(x: torch.Tensor) -> list[str]:
+    """Why the CPU Winograd convolution cannot take input x (the rest is fastddpm.models.conv's to check)."""
+    reasons = _common_reasons("winograd_conv3x3", {"x": x})
+    if x.device.type != "cpu":
+        reasons.append(f"winograd_conv3x3: CPU only, x is on {x.device.type}")
+
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        reasons.append("winograd_conv3x3: x must be a 4-d channels_last tensor")
+    return reasons
+
+
+def winograd_conv3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    tile: int,
+) -> torch.Tensor:
+    """3x3 convolution (stride 1, padding 1) by Winograd F(tile x tile, 3 x 3); weight is the transformed
+    (tile + 2)^2 x C x C_out weight of fastddpm.models.conv.winograd_weight; + bias, + residual when given."""
+    return torch.ops.fastddpm.winograd_conv3x3(x, weight, bias, residual, int(tile))
+
+
+# Whoever imported fastddpm._C directly and met torch's "import 'fastddpm.ops.backend_ext' to load the fake
+# impl" (set_python_module in the host file) gets the fakes registered by that import, as _load() would.
+if "fastddpm._C" in sys.modules:
+    _load()

@@ -1,0 +1,269 @@
+"""The triton backend of ops: the fused kernels of kernels/ (fastddpm.kernels), and why they cannot serve.
+
+Triton is imported only when a ``why_not_*`` check or an op needs it, so ``import fastddpm`` works
+without triton. The kernels run on CUDA tensors, or on CPU tensors under the Triton interpreter
+(TRITON_INTERPRET=1 set before the kernels are imported). The interpreter is orders of magnitude slower
+than torch, so it serves only when FASTDDPM_BACKEND=triton names this backend explicitly: under
+FASTDDPM_BACKEND=auto a call on CPU tensors always goes on to the torch backend.
+
+Dynamic thresholding is not fused: it needs a per-sample quantile (a sort or a selection over each
+sample), which a second kernel would only re-implement torch.quantile for a rarely used option; such calls
+are refused here and served by the torch backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+import torch
+
+from fastddpm import ops
+from fastddpm.ops import PhiloxNoise
+from fastddpm.ops.step_columns import NUM_COLUMNS
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_KINDS = ("ddpm", "ddim")
+_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+_VARIANCE_TYPES = ("fixed", "learned", "learned_range")
+_triton_problem: list[str] = []  # filled once: why triton cannot be imported (empty: it can)
+_triton_checked = False
+
+
+def _kernels() -> ModuleType:
+    """fastddpm.kernels: installed by setup.py from kernels/, or loaded from a source checkout's kernels/."""
+    try:
+        return importlib.import_module("fastddpm.kernels")
+    except ModuleNotFoundError as exc:
+        if exc.name != "fastddpm.kernels":
+            raise
+    # A source checkout (tests, editable use without a build): kernels/ sits next to fastddpm/.
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+    spec = importlib.util.spec_from_file_location(
+        "fastddpm.kernels", os.path.join(path, "__init__.py"), submodule_search_locations=[path]
+    )
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"fastddpm.kernels is not installed and {path} has no kernels")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fastddpm.kernels"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["fastddpm.kernels"]
+        raise
+    return module
+
+
+def kernel_module(name: str) -> ModuleType:
+    """One op's kernel module, fastddpm.kernels.<name> (tests and benchmarks call its launcher directly)."""
+    _kernels()
+    return importlib.import_module(f"fastddpm.kernels.{name}")
+
+
+def interpreted() -> bool:
+    """Whether the kernels were defined under the Triton interpreter (TRITON_INTERPRET=1 at import)."""
+    return _kernels().INTERPRETED
+
+
+def _triton_reasons() -> list[str]:
+    global _triton_checked
+    if not _triton_checked:
+        _triton_checked = True
+        if importlib.util.find_spec("triton") is None:
+            _triton_problem.append("triton is not installed")
+        else:
+            try:
+                _kernels()
+            except Exception as exc:  # a broken triton install is a reason, not a crash
+                _triton_problem.append(f"triton kernels not importable: {type(exc).__name__}: {exc}")
+    return list(_triton_problem)
+
+
+def _device_reasons(tensors: list[torch.Tensor]) -> list[str]:
+    """Where the kernels can run: CUDA compiled, or (only when named explicitly) the interpreter."""
+    reasons = []
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        reasons.append(f"tensors on different devices ({', '.join(sorted(str(d) for d in devices))})")
+    in_interpreter = interpreted()
+    explicit = ops.selected_backends() == ("triton",)
+    for device in sorted(devices, key=str):
+        if device.type == "cuda" and not in_interpreter:
+            continue
+        if device.type not in ("cuda", "cpu"):
+            reasons.append(f"{device.type} tensors are not supported")
+        elif not in_interpreter:
+            reasons.append("CPU tensors need TRITON_INTERPRET=1 set before the kernels are imported")
+        elif not explicit:
+            reasons.append("interpreter is for tests; set FASTDDPM_BACKEND=triton")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        reasons.append("inputs require grad (the kernels have no backward)")
+    return reasons
+
+
+def _dtype_reason(name: str, tensor: torch.Tensor) -> list[str]:
+    if tensor.dtype in _FLOAT_DTYPES:
+        return []
+    return [f"{name} dtype {tensor.dtype} is not float32/float16/bfloat16"]
+
+
+def _philox_reasons(noise: PhiloxNoise) -> tuple[list[str], list[torch.Tensor]]:
+    """Reasons the descriptor cannot be drawn in-kernel, and its counters that live in device memory."""
+    reasons, in_memory = [], []
+    if not 0 <= noise.seed < 2**64:
+        reasons.append("philox seed outside [0, 2**64)")
+    for name in ("sample_offset", "stream"):
+        value = getattr(noise, name)
+        if isinstance(value, torch.Tensor):
+            in_memory.append(value)
+            if value.numel() != 1 or value.dtype != torch.int64:
+                reasons.append(f"philox {name} tensor is not a one-element int64")
+    return reasons, in_memory
+
+
+def _too_large(per_sample: int) -> list[str]:
+    return [f"{per_sample} elements per sample overflow the 32-bit counters"] if per_sample >= 2**31 else []
+
+
+# ---------------------------------------------------------------------------------------------- q_sample
+
+
+def why_not_q_sample(x0, timesteps, alphas_cumprod, noise) -> list[str]:
+    reasons = _triton_reasons()
+    if reasons:
+        return reasons
+    reasons = _dtype_reason("x0", x0)
+    if x0.dim() < 1 or timesteps.shape != x0.shape[:1] or timesteps.dtype.is_floating_point:
+        reasons.append("timesteps is not an integer tensor of shape (B,)")
+    if alphas_cumprod.dim() != 1 or not alphas_cumprod.dtype.is_floating_point:
+        reasons.append("alphas_cumprod is not a 1-D float tensor")
+    on_device = [x0]
+    if isinstance(noise, PhiloxNoise):
+        philox_reasons, stream = _philox_reasons(noise)
+        reasons += philox_reasons
+        on_device += stream
+    elif isinstance(noise, torch.Tensor):
+        if noise.shape != x0.shape or noise.dtype != x0.dtype:
+            reasons.append("noise differs from x0 in shape or dtype")
+        on_device.append(noise)
+    else:
+        reasons.append(f"noise of type {type(noise).__name__} (need a tensor or PhiloxNoise)")
+    if x0.dim() >= 1 and x0.shape[0]:
+        reasons += _too_large(x0[0].numel())
+    return reasons + _device_reasons(on_device)
+
+
+def _on_device_of(tensor: torch.Tensor):
+    """Launch on the tensor's GPU: triton launches on the current CUDA device, which may be another one."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def q_sample(x0, timesteps, alphas_cumprod, noise):
+    with _on_device_of(x0):
+        return kernel_module("q_sample").q_sample(x0, timesteps, alphas_cumprod, noise)
+
+
+# ------------------------------------------------------------------------------------------ sampler_step
+
+
+def why_not_sampler_step(
+    model_output,
+    sample,
+    coeffs,
+    noise,
+    *,
+    kind,
+    prediction_type="epsilon",
+    variance_type="fixed",
+    clip_range=None,
+    thresholding=None,
+    use_clipped_model_output=False,
+) -> list[str]:
+    reasons = _triton_reasons()
+    if reasons:
+        return reasons
+    if thresholding is not None:
+        reasons.append("dynamic thresholding needs a per-sample quantile: the torch backend serves it")
+    if kind not in _KINDS:
+        reasons.append(f"kind {kind!r} is not one of {', '.join(_KINDS)}")
+    if prediction_type not in _PREDICTION_TYPES:
+        reasons.append(f"prediction_type {prediction_type!r} is not one of {', '.join(_PREDICTION_TYPES)}")
+    if variance_type not in _VARIANCE_TYPES:
+        reasons.append(f"variance_type {variance_type!r} is not one of {', '.join(_VARIANCE_TYPES)}")
+    if sample.dtype != torch.float32:
+        reasons.append(f"sample dtype {sample.dtype} is not float32 (the sampler state stays float32)")
+    reasons += _dtype_reason("model_output", model_output)
+    if sample.dim() < 2:
+        reasons.append("sample is not (B, C, ...)")
+    else:
+        channels = sample.shape[1] * (2 if variance_type in ("learned", "learned_range") else 1)
+        if model_output.shape != (sample.shape[0], channels, *sample.shape[2:]):
+            reasons.append(
+                f"model_output shape {tuple(model_output.shape)} does not fit sample and {variance_type}"
+            )
+        if sample.shape[0]:
+            reasons += _too_large(sample[0].numel() * 2)
+    if coeffs.shape != (NUM_COLUMNS,) or coeffs.dtype != torch.float32:
+        reasons.append(f"coeffs is not a float32 row of {NUM_COLUMNS} step-table columns")
+    on_device = [model_output, sample, coeffs]
+    if isinstance(noise, PhiloxNoise):
+        philox_reasons, stream = _philox_reasons(noise)
+        reasons += philox_reasons
+        on_device += stream
+    elif isinstance(noise, torch.Tensor):
+        if noise.shape != sample.shape or noise.dtype != torch.float32:
+            reasons.append("noise is not float32 of the sample's shape")
+        on_device.append(noise)
+    elif noise is not None:
+        reasons.append(f"noise of type {type(noise).__name__} (need a tensor, PhiloxNoise or None)")
+    return reasons + _device_reasons(on_device)
+
+
+def sampler_step(model_output, sample, coeffs, noise, **options):
+    with _on_device_of(sample):
+        return kernel_module("sampler_step").sampler_step(model_output, sample, coeffs, noise, **options)
+
+
+# -------------------------------------------------------------------------------------------- group_norm
+
+
+def why_not_group_norm(
+    x, num_groups, weight, bias, eps, *, add=None, scale=None, shift=None, silu=False
+) -> list[str]:
+    reasons = _triton_reasons()
+    if reasons:
+        return reasons
+    reasons = _dtype_reason("x", x)
+    if x.dim() < 2:
+        return reasons + ["x is not (N, C, ...)"]
+    batch, channels = x.shape[:2]
+    if num_groups <= 0 or channels % num_groups:
+        reasons.append(f"{channels} channels do not split into {num_groups} groups")
+    on_device = [x]
+    for name, param, shape in (
+        ("weight", weight, (channels,)),
+        ("bias", bias, (channels,)),
+        ("add", add, (batch, channels)),
+        ("scale", scale, (batch, channels)),
+        ("shift", shift, (batch, channels)),
+    ):
+        if param is not None:
+            on_device.append(param)
+            if param.shape != shape or not param.dtype.is_floating_point:
+                reasons.append(f"{name} is not a float tensor of shape {shape}")
+    if (scale is None) != (shift is None):
+        reasons.append("scale and shift come together")
+    if batch and num_groups > 0:
+        reasons += _too_large(x[0].numel())
+    return reasons + _device_reasons(on_device)
+
+
+def group_norm(x, num_groups, weight, bias, eps, *, add=None, scale=None, shift=None, silu=False):
+    with _on_device_of(x):
+        return kernel_module("group_norm").group_norm(
+            x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, silu=silu
+        )

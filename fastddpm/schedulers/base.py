@@ -1,0 +1,239 @@
+"""What every fastddpm scheduler shares: the diffusers-style config, the output type, the beta schedule,
+timesteps, q-sampling and the step-table cache.
+
+A scheduler's ``step`` computes its coefficients exactly as diffusers does (one row of a step table, see
+ops/step_columns.py) and runs through ``ops.sampler_step``, so a scheduler used in a diffusers-style loop
+gives diffusers' numbers, and the fused kernels serve it where they can. ``step_table`` gives the whole
+schedule's coefficients at once for the pipeline's sync-free loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastddpm import ops
+from fastddpm.ops import reference
+from fastddpm.schedulers import schedules
+
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+# Config keys of other diffusers schedulers that would change the maths if honoured: refused when set.
+_UNSUPPORTED_IF_SET = (
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "use_dynamic_shifting",
+    "use_flow_sigmas",
+    "timestep_type",
+    "solver_order",
+)
+
+
+class SchedulerConfig(dict):
+    """The normalised config; keys readable as attributes, like diffusers' FrozenDict."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass
+class SchedulerOutput:
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+    def __iter__(self):  # `prev, x0 = scheduler.step(...)` as with return_dict=False
+        return iter((self.prev_sample, self.pred_original_sample))
+
+
+class Scheduler:
+    """What DDPM and DDIM share: the config, the beta schedule, timesteps and q-sampling."""
+
+    kind: str
+    _defaults: dict[str, Any]
+    order = 1
+    init_noise_sigma = 1.0
+
+    def __init__(self, **config: Any) -> None:
+        self.config = self._normalise(config)
+        c = self.config
+        betas = schedules.make_betas(
+            c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end, c.trained_betas
+        )
+        if c.rescale_betas_zero_snr:
+            betas = schedules.rescale_zero_terminal_snr(betas)
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = schedules.alphas_cumprod(betas)
+        self.num_inference_steps: int | None = None
+        self.custom_timesteps = False
+        self.timesteps = torch.from_numpy(np.arange(0, c.num_train_timesteps)[::-1].copy().astype(np.int64))
+        self._rows: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Any, **overrides: Any):
+        """Build from a diffusers config dict, a diffusers scheduler, or one of ours (``.config``)."""
+        if not isinstance(config, Mapping):
+            config = getattr(config, "config", None)
+            if not isinstance(config, Mapping):
+                raise TypeError("from_config takes a config mapping or an object with a .config mapping")
+        return cls(**{**dict(config), **overrides})
+
+    @classmethod
+    def _normalise(cls, config: Mapping[str, Any]) -> SchedulerConfig:
+        """Defaults filled in; keys this scheduler does not use are dropped; unsupported behaviour raises."""
+        config = dict(config)
+        if "predict_epsilon" in config:  # diffusers < 0.10 spelling, still in early hub configs
+            legacy = config.pop("predict_epsilon")
+            config.setdefault("prediction_type", "epsilon" if legacy else "sample")
+        for key in _UNSUPPORTED_IF_SET:
+            if config.get(key):
+                raise ValueError(
+                    f"scheduler config field {key}={config[key]!r} is not supported by {cls.__name__}"
+                )
+        out = SchedulerConfig(cls._defaults)
+        out.update({k: v for k, v in config.items() if k in cls._defaults})
+        if out.trained_betas is None and out.beta_schedule not in schedules.BETA_SCHEDULES:
+            raise ValueError(
+                f"scheduler config field beta_schedule={out.beta_schedule!r} is not one of "
+                f"{', '.join(schedules.BETA_SCHEDULES)}"
+            )
+        if out.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"scheduler config field prediction_type={out.prediction_type!r} is not one of "
+                f"{', '.join(PREDICTION_TYPES)}"
+            )
+        if out.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"scheduler config field timestep_spacing={out.timestep_spacing!r} is not one of "
+                f"{', '.join(TIMESTEP_SPACINGS)}"
+            )
+        if int(out.num_train_timesteps) < 1:
+            raise ValueError(
+                f"scheduler config field num_train_timesteps={out.num_train_timesteps} must be >= 1"
+            )
+        return out
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        return sample
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        timesteps: Sequence[int] | None = None,
+    ) -> None:
+        """The descending timestep list, by the config's spacing, or custom ``timesteps``."""
+        train_steps = self.config.num_train_timesteps
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("pass only one of num_inference_steps and timesteps")
+        if timesteps is not None:
+            timesteps = [int(t) for t in timesteps]
+            if not timesteps:
+                raise ValueError("timesteps must not be empty")
+            if any(b >= a for a, b in zip(timesteps, timesteps[1:], strict=False)):
+                raise ValueError("timesteps must be in strictly descending order")
+            if timesteps[0] >= train_steps or timesteps[-1] < 0:
+                raise ValueError(f"timesteps must lie in [0, num_train_timesteps={train_steps})")
+            self.custom_timesteps = True
+            self.num_inference_steps = len(timesteps)
+            self.timesteps = torch.tensor(timesteps, dtype=torch.int64, device=device)
+            return
+        if num_inference_steps is None:
+            raise ValueError("set_timesteps needs num_inference_steps or timesteps")
+        if not 1 <= num_inference_steps <= train_steps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} must be between 1 and num_train_timesteps={train_steps}"
+            )
+        self.custom_timesteps = False
+        self.num_inference_steps = num_inference_steps
+        spacing = self.config.timestep_spacing
+        if spacing == "linspace":
+            steps = np.linspace(0, train_steps - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
+        elif spacing == "leading":
+            ratio = train_steps // num_inference_steps
+            steps = (np.arange(0, num_inference_steps) * ratio).round()[::-1].copy().astype(np.int64)
+            steps += self.config.steps_offset
+        else:  # trailing
+            ratio = train_steps / num_inference_steps
+            steps = np.round(np.arange(train_steps, 0, -ratio)).astype(np.int64) - 1
+        self.timesteps = torch.from_numpy(steps).to(device)
+
+    def previous_timestep(self, timestep: int) -> int:
+        raise NotImplementedError
+
+    def _next_timestep(self, timestep: int) -> int:
+        """The entry after ``timestep`` in the timestep list (-1 after the last)."""
+        steps = self.timesteps.tolist()
+        if timestep not in steps:
+            raise ValueError(f"timestep {timestep} is not in the scheduler's timesteps")
+        index = steps.index(timestep)
+        return steps[index + 1] if index + 1 < len(steps) else -1
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """q-sampling: sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, per-sample timesteps."""
+        if not torch.is_tensor(timesteps):
+            timesteps = torch.tensor(timesteps, dtype=torch.int64)
+        timesteps = timesteps.reshape(-1).to(original_samples.device)
+        return ops.q_sample(original_samples, timesteps, self.alphas_cumprod, noise)[0]
+
+    def get_velocity(
+        self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0 (the v_prediction training target)."""
+        sqrt_abar, sqrt_one_minus_abar = reference.abar_coefficients(self.alphas_cumprod, timesteps, sample)
+        return sqrt_abar * noise - sqrt_one_minus_abar * sample
+
+    def _clip_options(self) -> dict[str, Any]:
+        c = self.config
+        if c.thresholding:
+            return {"thresholding": (c.dynamic_thresholding_ratio, c.sample_max_value), "clip_range": None}
+        return {"thresholding": None, "clip_range": c.clip_sample_range if c.clip_sample else None}
+
+    def _row(self, timestep: int, **options: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step_table(self, device: torch.device | str | None = None, **options: Any) -> torch.Tensor:
+        """(steps, NUM_COLUMNS) float32 coefficients for the current timesteps, in loop order."""
+        rows = [self._row(int(t), **options) for t in self.timesteps.tolist()]
+        return torch.stack(rows).to(device)
+
+    def _cached_row(self, key: tuple, build) -> torch.Tensor:
+        if key not in self._rows:
+            self._rows[key] = build()
+        return self._rows[key]
+
+
+def as_int(timestep: int | torch.Tensor) -> int:
+    return int(timestep.item()) if torch.is_tensor(timestep) else int(timestep)
+
+
+COMMON_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "clip_sample": True,
+    "prediction_type": "epsilon",
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "clip_sample_range": 1.0,
+    "sample_max_value": 1.0,
+    "timestep_spacing": "leading",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+}

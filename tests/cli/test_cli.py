@@ -1,0 +1,315 @@
+"""The command line, driven as users drive it: `python -m fastddpm.cli` in a subprocess.
+
+Every run is tiny (the embedded 8x8 digits model, a handful of images, DDIM with few steps) so the file
+stays within seconds per test on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--sampler", "ddim", "--steps", "10", "--seed", "7"]
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # One thread per process: runs in parallel test workers and torchrun pairs must not oversubscribe.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "fastddpm.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=REPO_ROOT,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"fastddpm {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}"
+        )
+    return result
+
+
+def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    from fastddpm.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def summary_of(result: subprocess.CompletedProcess | str) -> dict:
+    stdout = result if isinstance(result, str) else result.stdout
+    lines = stdout.splitlines()
+    assert len(lines) == 1, f"stdout must be exactly the JSON summary line, got {stdout!r}"
+    return json.loads(lines[0])
+
+
+def folder_bytes(folder) -> dict[str, bytes]:
+    """Every non-hidden file of a sample folder except the manifest, by name."""
+    return {
+        name: open(os.path.join(folder, name), "rb").read()
+        for name in sorted(os.listdir(folder))
+        if not name.startswith(".") and name != "fastddpm_manifest.json"
+    }
+
+
+def png_pixels(folder, count: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(os.path.join(folder, f"{i:06d}.png"))) for i in range(count)])
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """8 images in one batch: the result every other way of drawing them must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    result = run_cli("sample", "--num", 8, "--batch-size", 8, "--out", out, "--grid", out / "grid.png", *TINY)
+    return out, summary_of(result)
+
+
+def test_sample_writes_pngs_and_a_one_line_summary(reference_run):
+    out, summary = reference_run
+    names = sorted(os.listdir(out))
+    assert [n for n in names if n.endswith(".png") and n != "grid.png"] == [f"{i:06d}.png" for i in range(8)]
+    assert "fastddpm_manifest.json" in names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert summary["images"] == 8 and summary["skipped"] == 0
+    assert (summary["sampler"], summary["steps"], summary["seed"]) == ("ddim", 10, 7)
+    assert summary["checkpoint"].endswith("default_model") and summary["images_per_s"] > 0
+    pixels = png_pixels(out, 8)
+    assert pixels.shape == (8, 8, 8) and pixels.dtype == np.uint8
+    assert len({p.tobytes() for p in pixels}) == 8, "different indices must give different images"
+    from PIL import Image
+
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (3 * 10 + 2, 3 * 10 + 2)  # 8 images: 3 x 3 tiles of 8 px with 2 px gaps
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_files_are_identical_for_any_batch_size(reference_run, tmp_path, batch_size):
+    reference, _ = reference_run
+    run_cli("sample", "--num", 8, "--batch-size", batch_size, "--out", tmp_path, *TINY)
+    expected = {k: v for k, v in folder_bytes(reference).items() if k != "grid.png"}
+    assert folder_bytes(tmp_path) == expected
+
+
+def test_rerun_of_a_complete_folder_draws_nothing(reference_run, capsys):
+    out, _ = reference_run
+    before = folder_bytes(out)
+    code, stdout, _ = run_in_process(
+        ["sample", "--num", "8", "--batch-size", "5", "--out", str(out), *TINY], capsys
+    )
+    summary = summary_of(stdout)
+    assert code == 0 and summary["images"] == 0 and summary["skipped"] == 8
+    assert folder_bytes(out) == before
+
+
+def test_npz_holds_the_same_images_as_uint8_nhwc(reference_run, tmp_path):
+    reference, _ = reference_run
+    summary = summary_of(
+        run_cli("sample", "--num", 8, "--batch-size", 3, "--format", "npz", "--out", tmp_path, *TINY)
+    )
+    assert summary["out"] == str(tmp_path / "samples_8x8x8x1.npz")
+    assert sorted(os.listdir(tmp_path)) == ["fastddpm_manifest.json", "samples_8x8x8x1.npz"]
+    with np.load(summary["out"]) as archive:
+        assert list(archive.keys()) == ["arr_0"]
+        images = archive["arr_0"]
+    assert images.dtype == np.uint8 and images.shape == (8, 8, 8, 1)
+    np.testing.assert_array_equal(images[..., 0], png_pixels(reference, 8))
+
+
+def test_rerun_with_other_settings_is_refused(reference_run, capsys):
+    out, _ = reference_run
+    before = folder_bytes(out)
+    argv = ["sample", "--num", "8", "--out", str(out), "--sampler", "ddim", "--steps", "11", "--seed", "7"]
+    code, stdout, stderr = run_in_process(argv, capsys)
+    assert code == 2 and stdout == ""
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and "other settings" in lines[0] and "steps 10 there, 11 here" in lines[0]
+    assert folder_bytes(out) == before
+
+
+def _corrupt_checkpoint(tmp_path) -> str:
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json at all")
+    return str(path)
+
+
+def _corrupt_folder(tmp_path) -> str:
+    folder = tmp_path / "broken_model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text('{"sample_size": 8, "in_channels"')
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(os.urandom(64))
+    return str(folder)
+
+
+BAD_INPUTS = {
+    "missing checkpoint": lambda tmp: ["sample", str(tmp / "nope"), "--num", "2", "--out", str(tmp / "o")],
+    "corrupt checkpoint file": lambda tmp: [
+        "sample",
+        _corrupt_checkpoint(tmp),
+        "--num",
+        "2",
+        "--out",
+        str(tmp / "o"),
+    ],
+    "corrupt checkpoint folder": lambda tmp: [
+        "sample",
+        _corrupt_folder(tmp),
+        "--num",
+        "2",
+        "--out",
+        str(tmp / "o"),
+    ],
+    "unknown sampler": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--sampler", "euler"],
+    "zero steps": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--steps", "0"],
+    "too many steps": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--steps", "1001"],
+    "zero images": lambda tmp: ["sample", "--num", "0", "--out", str(tmp / "o")],
+    "negative images": lambda tmp: ["sample", "--num", "-3", "--out", str(tmp / "o")],
+    "images not a number": lambda tmp: ["sample", "--num", "many", "--out", str(tmp / "o")],
+    "seed too large": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--seed", str(2**63)],
+    "too many images": lambda tmp: ["sample", "--num", str(2**31 + 1), "--out", str(tmp / "o")],
+    "eta out of range": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--eta", "1.5"],
+    "unwritable folder": lambda tmp: ["sample", "--num", "2", "--out", str(_a_file(tmp) / "sub")],
+    "unknown dtype": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--dtype", "float8"],
+    "unknown command": lambda tmp: ["draw", "--num", "2"],
+    "info of a missing checkpoint": lambda tmp: ["info", str(tmp / "nope")],
+    "convert of a corrupt checkpoint": lambda tmp: ["convert", _corrupt_checkpoint(tmp), str(tmp / "dst")],
+}
+
+
+def _a_file(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("not a folder")
+    return path
+
+
+# Each subprocess pays a torch import (seconds on a loaded 2-core machine): these cases run as real processes,
+# the rest through main() in this process, which prints and exits exactly as the console script does.
+IN_SUBPROCESS = {"corrupt checkpoint folder", "unknown sampler"}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
+    argv = BAD_INPUTS[case](tmp_path)
+    if case in IN_SUBPROCESS:
+        result = run_cli(*argv, check=False, timeout=120)
+        code, out, err = result.returncode, result.stdout, result.stderr
+    else:
+        code, out, err = run_in_process(argv, capsys)
+    assert code == 2, f"{case}: exit {code}, stderr {err!r}"
+    lines = err.splitlines()
+    assert len(lines) == 1, f"{case}: stderr must be one line, got {err!r}"
+    assert "Traceback" not in err and out == ""
+    assert not (tmp_path / "o").exists(), f"{case}: created the output folder"
+
+
+def test_disk_full_keeps_completed_images_and_removes_the_temporary_file(tmp_path, capsys):
+    from fastddpm.cli.sample_writer import temporary_name
+
+    out = tmp_path / "out"
+    out.mkdir()
+    # The temporary file of image 3 is a link to /dev/full: writing it fails with ENOSPC, as on a full disk.
+    os.symlink("/dev/full", temporary_name(str(out / "000003.png")))
+    result = run_cli("sample", "--num", 6, "--batch-size", 2, "--out", out, *TINY, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "000003.png" in lines[0]
+    assert sorted(n for n in os.listdir(out) if not n.endswith(".json")) == [
+        "000000.png",
+        "000001.png",
+        "000002.png",
+    ]
+    # The rerun finishes the folder; image 2 was written before the failure and is kept as it was.
+    kept = (out / "000002.png").read_bytes()
+    code, stdout, _ = run_in_process(
+        ["sample", "--num", "6", "--batch-size", "2", "--out", str(out), *TINY], capsys
+    )
+    summary = summary_of(stdout)
+    assert code == 0 and summary["images"] == 3 and (out / "000002.png").read_bytes() == kept
+
+
+def test_info_counts_parameters_and_flops(capsys):
+    code, stdout, _ = run_in_process(["info", "--json"], capsys)
+    info = json.loads(stdout)
+    assert code == 0
+    from safetensors.torch import load_file
+
+    from fastddpm.pipeline import DEFAULT_MODEL_DIR
+
+    weights = load_file(os.path.join(DEFAULT_MODEL_DIR, "unet", "diffusion_pytorch_model.safetensors"))
+    assert info["parameters"] == sum(t.numel() for t in weights.values())
+    assert info["sample_shape"] == [1, 8, 8]
+    assert info["scheduler"]["num_train_timesteps"] == 1000
+    # The network's count, whatever algorithm fastddpm computes it with: diffusers' model, same counter.
+    import diffusers
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = diffusers.UNet2DModel.from_pretrained(os.path.join(DEFAULT_MODEL_DIR, "unet")).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 1, 8, 8), 500)
+    assert info["gflop_per_step"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-9)
+
+
+def test_convert_writes_a_folder_that_samples_identically(reference_run, tmp_path, capsys):
+    from fastddpm.pipeline import DEFAULT_MODEL_DIR
+
+    reference, _ = reference_run
+    destination = tmp_path / "converted"
+    assert run_in_process(["convert", str(DEFAULT_MODEL_DIR), str(destination)], capsys)[:2] == (0, "")
+    assert (destination / "model_index.json").exists()
+    assert (destination / "unet" / "config.json").exists() and (destination / "scheduler").is_dir()
+    argv = [
+        "sample",
+        str(destination),
+        "--num",
+        "8",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path / "out"),
+        *TINY,
+    ]
+    assert run_in_process(argv, capsys)[0] == 0
+    expected = {k: v for k, v in folder_bytes(reference).items() if k != "grid.png"}
+    assert folder_bytes(tmp_path / "out") == expected
+    code, _, err = run_in_process(["convert", str(DEFAULT_MODEL_DIR), str(destination)], capsys)
+    assert code == 2 and "already exists" in err and len(err.splitlines()) == 1
+
+
+def test_bench_prints_a_table(capsys):
+    code, stdout, _ = run_in_process(["bench", "--batch-size", "2", "--steps", "2", "--repeats", "1"], capsys)
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines()[3:]}
+    assert set(rows) == {"fastddpm", "diffusers"}, stdout
+    assert all(float(row[2]) > 0 for row in rows.values())  # images/s
+
+
+def test_process_blocks_cover_every_index_once_and_resumed_batches_cut_where_the_first_run_did():
+    from fastddpm.cli.sharding import batches, block_of
+
+    for num, world in [(7, 2), (5, 3), (1, 4), (10, 1)]:
+        covered = [i for rank in range(world) for i in range(*block_of(num, rank, world))]
+        assert covered == list(range(num))
+    assert batches(list(range(10)), 4) == [(0, 4), (4, 4), (8, 2)]
+    # Killed after the first batch: the resumed run cuts the rest at the same places.
+    assert batches(list(range(4, 10)), 4) == [(4, 4), (8, 2)]
+    # Holes (images deleted by hand) split runs; no batch spans a hole.
+    assert batches([0, 1, 2, 5, 6, 9], 2) == [(0, 2), (2, 1), (5, 2), (9, 1)]
