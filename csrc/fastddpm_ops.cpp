@@ -1,6 +1,6 @@
 // The extension's host file: declares the ops of the `fastddpm` library and registers one kernel per op and
 // device. The fake (meta) implementations that torch.compile and CUDA graph capture need live in Python,
-// fastddpm/backend_ext.py, which set_python_module names so torch knows where to find them.
+// fastddpm/ops/backend_ext.py, which set_python_module names so torch knows where to find them.
 //
 // The Python module itself is empty on purpose (no pybind11): the ops are reached as torch.ops.fastddpm.*,
 // and leaving out torch/extension.h saves most of this file's compile time.
@@ -11,7 +11,7 @@
 #include "fastddpm_ops.h"
 
 TORCH_LIBRARY(fastddpm, m) {
-  m.set_python_module("fastddpm.backend_ext");
+  m.set_python_module("fastddpm.ops.backend_ext");
   m.def(
       "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, Tensor? add, "
       "Tensor? scale, Tensor? shift, bool silu) -> Tensor");

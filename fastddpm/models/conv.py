@@ -133,6 +133,11 @@ class Conv2d(nn.Conv2d):
             and not torch.is_grad_enabled()
             and self.padding_mode == "zeros"
             and isinstance(self.padding, tuple)
+            # 1x1: on an AMD EPYC with AVX2 (no AVX-512), nn.Conv2d runs NHWC 1x1 convolutions through
+            # another kernel than oneDNN's, so the cached-weight path was not bit-identical there (it was on
+            # the AVX-512 Xeon the table above was measured on); 1x1 convolutions (the ResNet shortcuts,
+            # a few % of the U-Net's time) stay nn.Conv2d.
+            and self.kernel_size != (1, 1)
             and _onednn_available()
         )
 

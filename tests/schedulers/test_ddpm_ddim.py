@@ -12,7 +12,9 @@ import fastddpm
 from tests.tolerances import assert_close
 
 SHAPE = (3, 2, 5, 7)  # odd batch, H != W
-TOL = 1e-5
+# The rows and steps reproduce diffusers bit for bit (measured: 0 in every comparison of this file), so any
+# difference is a bug: the step tables compute each coefficient with diffusers' float32 operations, in order.
+TOL = 0.0
 
 
 def dummy_model(x: torch.Tensor, t: int, learned: bool) -> torch.Tensor:
