@@ -13,7 +13,10 @@ from fastddpm.pipeline import PipelineOutput
 from tests import model_factory
 from tests.tolerances import assert_close
 
-PIPELINE_TOL = 1e-3
+# float32 images (in [0, 1]) against diffusers' pipelines, same generator: measured at most 3.2e-6 over
+# this file's cases (DDIM 20 steps, eta 0); 2e-5 leaves a factor of 6. A GroupNorm epsilon ten times too
+# large moves the images by more than that.
+PIPELINE_TOL = 2e-5
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +108,7 @@ def test_philox_images_do_not_depend_on_batch_size(small_unet):
     parts = torch.cat(
         [pipe(batch_size=2, **common).images, pipe(batch_size=3, sample_offset=2, **common).images]
     )
-    assert_close(parts, whole, 1e-5, 0, "batch 2 + 3 vs 5")
+    assert_close(parts, whole, 1e-5, 0, "batch 2 + 3 vs 5")  # measured 2.6e-6 (oneDNN blocks by batch)
     other_seed = pipe(batch_size=2, **{**common, "seed": 124}).images
     assert (other_seed - whole[:2]).abs().max() > 0.05
 
@@ -185,12 +188,17 @@ def test_to_casts_the_network_but_keeps_the_sampler_state_float32(small_unet):
         sample_size=8, block_out_channels=[16, 16, 16, 16], norm_num_groups=4
     )
     pipe = fastddpm.Pipeline.from_diffusers(model_factory.random_unet(config, seed=1))
+    run = dict(batch_size=2, num_inference_steps=2, sampler="ddim", seed=0, output_type="pt", progress=False)
+    float32_images = pipe(**run).images
     pipe.to(dtype="bf16")
     assert pipe.dtype == torch.bfloat16
-    images = pipe(
-        batch_size=2, num_inference_steps=2, sampler="ddim", seed=0, output_type="pt", progress=False
-    ).images
+    images = pipe(**run).images
     assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    # Same noise, network in bf16: the images move by the network's bf16 error, amplified where x0 is
+    # predicted from eps at small abar (1 / sqrt(abar) is 156 at t = 999): measured max 2.0e-2 to 2.8e-2 over
+    # seeds 0-3 (fp16: 1.1e-2 to 1.9e-2), against a pixel spread of 0.46. A network whose output went wrong
+    # in bf16 would move the images by a good part of that spread.
+    assert_close(images, float32_images, 5e-2, 0, "bf16 vs float32 images")
     with pytest.raises(ValueError, match="dtype"):
         pipe.to(dtype="int8")
 
@@ -239,10 +247,12 @@ def test_load_from_a_saved_folder_samples_what_the_in_memory_pipeline_samples(sm
     common = dict(
         batch_size=2, num_inference_steps=5, seed=9, noise="philox", output_type="pt", progress=False
     )
-    assert_close(loaded(**common).images, in_memory(**common).images, 1e-6, 0, "loaded vs in memory")
+    assert_close(
+        loaded(**common).images, in_memory(**common).images, 0, 0, "loaded vs in memory"
+    )  # same arithmetic
     loaded.save_pretrained(tmp_path / "resaved")
     again = fastddpm.load(tmp_path / "resaved")
-    assert_close(again(**common).images, in_memory(**common).images, 1e-6, 0, "resaved")
+    assert_close(again(**common).images, in_memory(**common).images, 0, 0, "resaved")
 
 
 def test_channels_last_gives_the_same_images(small_unet):
@@ -253,7 +263,9 @@ def test_channels_last_gives_the_same_images(small_unet):
     nchw = pipe(channels_last=False, **common).images
     nhwc = pipe(channels_last=True, **common).images
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert_close(nhwc, nchw, 1e-5, 0, "channels_last vs contiguous")
+    # measured 0: this net's convolutions are all below Winograd's channel minimum, and oneDNN computes the
+    # direct ones alike in both layouts
+    assert_close(nhwc, nchw, 0, 0, "channels_last vs contiguous")
 
 
 def test_the_step_table_is_built_once_for_repeated_calls(small_unet, monkeypatch):

@@ -65,4 +65,6 @@ def test_triton_pipeline_matches_torch_pipeline(monkeypatch):
     )  # 8 resnets x 2 norms + norm_out
     inside = ((expected > 0) & (expected < 1)).double().mean()
     assert inside > 0.5, f"only {inside:.0%} of the pixels are unclamped: the comparison would say little"
-    assert_close(actual, expected, 1e-4, 0, what="ddpm pipeline, triton vs torch backend, 10 philox steps")
+    assert_close(
+        actual, expected, 3e-6, 0, what="ddpm pipeline, triton vs torch backend, 10 philox steps"
+    )  # measured 6.0e-7

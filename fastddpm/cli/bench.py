@@ -94,8 +94,23 @@ def run_bench(args) -> int:
                 )
 
             rows.append(("diffusers", best_seconds(diffusers_call, device, args.repeats)))
+            difference = image_difference(pipe, reference, args)
     print(format_table(rows, args, device, path))
+    if reference is not None:
+        # A speed-up means something only if both engines compute the same images: one more call of each,
+        # with the same generator (fastddpm's noise="torch" draws exactly as diffusers does).
+        print(f"images: fastddpm vs diffusers, same generator: max |diff| {difference:.3g}")
     return 0
+
+
+def image_difference(pipe, reference, args) -> float:
+    import numpy as np
+    import torch
+
+    run = dict(batch_size=args.batch_size, num_inference_steps=args.steps, output_type="np")
+    ours = pipe(**run, sampler=args.sampler, generator=torch.Generator("cpu").manual_seed(0), progress=False)
+    theirs = reference(**run, generator=torch.Generator("cpu").manual_seed(0))
+    return float(np.abs(ours.images - theirs.images).max())
 
 
 def format_table(rows: list[tuple[str, float]], args, device: str, path: str) -> str:

@@ -297,9 +297,17 @@ def test_convert_writes_a_folder_that_samples_identically(reference_run, tmp_pat
 def test_bench_prints_a_table(capsys):
     code, stdout, _ = run_in_process(["bench", "--batch-size", "2", "--steps", "2", "--repeats", "1"], capsys)
     assert code == 0
-    rows = {line.split()[0]: line.split() for line in stdout.splitlines()[3:]}
+    lines = stdout.splitlines()
+    rows = {line.split()[0]: [float(v.rstrip("x")) for v in line.split()[1:]] for line in lines[3:5]}
     assert set(rows) == {"fastddpm", "diffusers"}, stdout
-    assert all(float(row[2]) > 0 for row in rows.values())  # images/s
+    for seconds, images_per_s, ms_per_step, speed_up in rows.values():
+        assert seconds > 0
+        assert images_per_s == pytest.approx(2 / seconds, rel=2e-3)  # batch 2; rounded to 0.1 in the table
+        assert ms_per_step == pytest.approx(1000 * seconds / 2, rel=2e-3, abs=0.01)  # 2 steps
+        assert speed_up == pytest.approx(rows["diffusers"][0] / seconds, rel=2e-2)
+    # The engines computed the same images (float32, same generator): measured 2.1e-06 on the default model.
+    assert lines[5].startswith("images: fastddpm vs diffusers, same generator: max |diff| "), stdout
+    assert float(lines[5].rsplit(" ", 1)[1]) <= 2e-5, lines[5]
 
 
 def test_process_blocks_cover_every_index_once_and_resumed_batches_cut_where_the_first_run_did():

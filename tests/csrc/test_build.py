@@ -106,7 +106,7 @@ def test_pipeline_on_the_ext_backend_matches_the_torch_backend(monkeypatch):
     monkeypatch.setenv("FASTDDPM_BACKEND", "ext")
     got = pipe(**run, progress=False).images
     assert calls["group_norm"] > 0 and calls["attention"] > 0, calls
-    assert_close(got, expected, 1e-4, 0, "pipeline images, ext vs torch backend")
+    assert_close(got, expected, 2e-5, 0, "pipeline images, ext vs torch backend")  # measured 5.7e-6
 
 
 def _counting(name, function, calls):

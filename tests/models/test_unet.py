@@ -24,13 +24,24 @@ diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
-def assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
-    """The issue's criterion: max |diff| <= 1e-4 * max(1, output scale)."""
+# max |diff| / max(1, output scale) against diffusers in float32, measured over every comparison of this file
+# and tests/checkpoints/ (2-core AMD EPYC, AVX2): at most 2.9e-6 where no Winograd convolution runs (NCHW,
+# FASTDDPM_CPU_CONV=direct), 6.0e-6 with the default choice on channels-last input (Winograd F(4,3) on the
+# 32 px levels), 1.1e-5 with F(4,3) forced on every level. A GroupNorm epsilon ten times too large moves the
+# output by about 1e-4 of its scale: these bounds catch it, the former 1e-4 did not.
+UNET_RELATIVE_ERROR = 1e-5
+WINOGRAD4_EVERYWHERE_RELATIVE_ERROR = 2.5e-5
+
+
+def assert_matches(
+    actual: torch.Tensor, expected: torch.Tensor, what: str, bound: float = UNET_RELATIVE_ERROR
+) -> None:
+    """max |diff| <= bound * max(1, output scale)."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert torch.isfinite(actual).all(), f"{what}: non-finite output"
     scale = max(1.0, expected.abs().max().item())
     diff = (actual - expected).abs().max().item()
-    assert diff <= 1e-4 * scale, f"{what}: max |diff| {diff:.3g} > 1e-4 * {scale:.3g}"
+    assert diff <= bound * scale, f"{what}: max |diff| {diff:.3g} > {bound:g} * {scale:.3g}"
 
 
 def pair(config: dict, seed: int = 0) -> tuple[torch.nn.Module, UNet2D]:
@@ -46,7 +57,13 @@ def spatial(config: dict) -> tuple[int, int]:
 
 
 def compare(
-    config: dict, batch: int = 3, timestep=None, seed: int = 0, channels_last: bool = False, **call
+    config: dict,
+    batch: int = 3,
+    timestep=None,
+    seed: int = 0,
+    channels_last: bool = False,
+    bound: float = UNET_RELATIVE_ERROR,
+    **call,
 ) -> None:
     model, unet = pair(config, seed)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -59,7 +76,7 @@ def compare(
             unet = unet.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         actual = unet(x, timestep, **call)
-    assert_matches(actual, expected, f"config {config}, t={timestep}")
+    assert_matches(actual, expected, f"config {config}, t={timestep}", bound)
 
 
 def test_defaults_are_unet2dmodels():
@@ -176,7 +193,8 @@ def test_channels_last_cpu_convolutions_match_diffusers(algorithm, config, monke
     # Every FASTDDPM_CPU_CONV choice keeps the float32 criterion on the real cifar10-32 config; Winograd
     # F(4,3) is the one with the largest error (conv.py), so it is the one this test guards.
     monkeypatch.setenv("FASTDDPM_CPU_CONV", algorithm)
-    compare(config(), batch=2, timestep=torch.tensor([640, 3]), channels_last=True)
+    bound = WINOGRAD4_EVERYWHERE_RELATIVE_ERROR if algorithm == "winograd4" else UNET_RELATIVE_ERROR
+    compare(config(), batch=2, timestep=torch.tensor([640, 3]), channels_last=True, bound=bound)
 
 
 @pytest.mark.slow
@@ -240,7 +258,8 @@ def test_autograd_matches_diffusers_gradients(monkeypatch):
         assert p.grad is not None, f"no gradient reached {name}"
         expected = theirs[name].grad
         scale = max(1e-3, expected.abs().max().item())
-        assert (p.grad - expected).abs().max().item() <= 1e-4 * scale, name
+        # measured at most 3.0e-6 of the gradient's scale
+        assert (p.grad - expected).abs().max().item() <= 1.5e-5 * scale, name
 
 
 def test_dtype_device_and_float32_frequencies():
