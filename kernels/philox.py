@@ -4,7 +4,7 @@ noise.py defines the noise as Philox4x32-10 keyed by (seed & 0xFFFFFFFF, seed >>
 (element, sample index, stream, 0), then Box-Muller (cosine branch) of the first two output words.
 ``triton.language.philox`` is the same generator: the round constants 0xD2511F53 / 0xCD9E8D57, the key
 increments 0x9E3779B9 / 0xBB67AE85, ten rounds, the same word permutation per round, and the same key
-split (low word first) when it is handed 32-bit counters. tests/test_kernels_philox.py checks the raw
+split (low word first) when it is handed 32-bit counters. tests/kernels/test_philox.py checks the raw
 words bit for bit against noise.philox4x32 and the normals against noise.philox_normal.
 
 The jit helpers (`philox_normal`) are inlined into the q_sample and sampler_step kernels; the launchers

@@ -6,6 +6,7 @@ One thread: the tests' tensors are small, and on a busy 2-core machine two OpenM
 
 import os
 
+import pytest
 import torch
 
 from tests.gpu_skip import skip_gpu_items_without_cuda
@@ -20,3 +21,15 @@ if not torch.cuda.is_available():
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu_items_without_cuda(items)
+
+
+@pytest.fixture(scope="module")
+def small_unet():
+    """diffusers' UNet2DModel in the cifar10-32 structure, tiny (the pipeline and engine tests sample with it:
+    20 full steps, twice, per case), random weights."""
+    from tests import model_factory
+
+    config = model_factory.small_cifar10_config(
+        sample_size=[16, 8], block_out_channels=[16, 24, 24, 24], norm_num_groups=4
+    )
+    return model_factory.random_unet(config, seed=3)

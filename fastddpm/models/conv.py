@@ -31,7 +31,7 @@ Two CPU paths for float32, chosen per call by ``cpu_algorithm()`` (environment v
   ``WINOGRAD_MIN_IN_CHANNELS`` input channels, F(4,3) on images of at least ``WINOGRAD4_MIN_SIZE`` pixels a
   side and F(2,3) on smaller ones (where each measured faster; by image size, not batch, so that a
   sample's numbers do not depend on its batch); the direct path for the rest. The U-Net still matches
-  diffusers within the float32 tolerance (tests/test_unet.py); FASTDDPM_CPU_CONV=direct gives nn.Conv2d's
+  diffusers within the float32 tolerance (tests/models/test_unet.py); FASTDDPM_CPU_CONV=direct gives nn.Conv2d's
   bits.
 
 bf16 / fp16 activations on a CPU without bf16 / fp16 instructions (fastddpm.cpu_emulation) take the same

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-# UNet2DModel.__init__'s defaults in diffusers 0.42 (tests/test_unet.py checks this table against diffusers),
+# UNet2DModel.__init__'s defaults in diffusers 0.42 (tests/models/test_unet.py checks this table against diffusers),
 # so a config that omits a field means here what it means there.
 DIFFUSERS_DEFAULTS: dict[str, Any] = {
     "sample_size": None,
