@@ -2,17 +2,19 @@
 
 Both engines sample the same batch with the same sampler and number of steps on the same device and
 dtype, in one process; each gets one untimed warm-up call, then the best of ``--repeats`` timed calls.
-diffusers is optional: without it the table has the fastddpm row only.
+diffusers is optional: without it the table has the fastddpm row only. The table (or, with --json, one JSON
+object) records the CPU thread count, since it decides the CPU numbers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 
+from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline
 from fastddpm.cli.errors import CliError
-from fastddpm.cli.sample import checkpoint_path, load_pipeline
 from fastddpm.cli.sharding import ProcessShare, device_for
 
 
@@ -94,8 +96,34 @@ def run_bench(args) -> int:
                 )
 
             rows.append(("diffusers", best_seconds(diffusers_call, device, args.repeats)))
-    print(format_table(rows, args, device, path))
+    print(as_json(rows, args, device, path) if args.json else format_table(rows, args, device, path))
     return 0
+
+
+def as_json(rows: list[tuple[str, float]], args, device: str, path: str) -> str:
+    baseline = dict(rows).get("diffusers")
+    return json.dumps(
+        {
+            "checkpoint": path,
+            "sampler": args.sampler,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "device": device,
+            "dtype": args.dtype,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "results": [
+                {
+                    "engine": engine,
+                    "seconds": seconds,
+                    "images_per_s": args.batch_size / seconds,
+                    "ms_per_step": 1000 * seconds / args.steps,
+                    "speed_up": baseline / seconds if baseline else None,
+                }
+                for engine, seconds in rows
+            ],
+        }
+    )
 
 
 def format_table(rows: list[tuple[str, float]], args, device: str, path: str) -> str:
@@ -103,7 +131,7 @@ def format_table(rows: list[tuple[str, float]], args, device: str, path: str) ->
     lines = [
         f"checkpoint {path}",
         f"{args.sampler} {args.steps} steps, batch {args.batch_size}, {device}, {args.dtype}, "
-        f"best of {args.repeats} after one warm-up",
+        f"{args.threads} CPU threads, best of {args.repeats} after one warm-up",
         f"{'engine':<10} {'seconds':>9} {'images/s':>10} {'ms/step':>9} {'speed-up':>9}",
     ]
     for engine, seconds in rows:
