@@ -90,7 +90,6 @@ def run_sample(args) -> int:
     steps = resolve_steps(pipe, args.sampler, args.steps)
     # The folder only after the checkpoint and settings passed: bad input leaves no empty folder behind.
     folder = prepare_folder(args.out)
-    args.grid = prepare_grid(args.grid)
     writer = writer_for(args.format, folder, args.num)
 
     settings = {
@@ -113,6 +112,7 @@ def run_sample(args) -> int:
         raise CliError(str(error)) from None
     except OSError as error:
         raise CliError(f"--out {folder}: cannot write the manifest: {error.strerror or error}") from None
+    args.grid = prepare_grid(args.grid)
 
     group = ProcessGroup(share)
     started = time.perf_counter()
@@ -138,6 +138,7 @@ def run_sample(args) -> int:
             "format": args.format,
             "out": writer.output,
             "processes": share.world_size,
+            "threads": args.threads,
         }
         print(json.dumps(summary), flush=True)
     return 0

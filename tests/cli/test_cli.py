@@ -104,6 +104,7 @@ def test_sample_writes_pngs_and_a_one_line_summary(reference_run):
     assert summary["images"] == 8 and summary["skipped"] == 0
     assert (summary["sampler"], summary["steps"], summary["seed"]) == ("ddim", 10, 7)
     assert summary["checkpoint"].endswith("default_model") and summary["images_per_s"] > 0
+    assert summary["threads"] == 1  # OMP_NUM_THREADS=1 from cli_env()
     pixels = png_pixels(out, 8)
     assert pixels.shape == (8, 8, 8) and pixels.dtype == np.uint8
     assert len({p.tobytes() for p in pixels}) == 8, "different indices must give different images"
