@@ -4,9 +4,9 @@
 # the kernels are compiled here, not run. ninja keeps the objects in build/, so a rebuild after a change
 # recompiles only the changed files.
 #
-# `pip install -e .` with FASTDDPM_CUDA=1 (as .ci/run does) already compiles the same library, in a temporary
-# build folder; when that library is newer than every source and holds the CUDA kernels, this script only
-# checks it instead of compiling everything a second time (about 3 minutes of both cores).
+# `pip install -e .` with FASTDDPM_CUDA=1 (as .ci/run does) already compiles the same library, keeping its
+# objects in build/temp-<configuration>; when that library is newer than every source and holds the CUDA
+# kernels, this script only checks it instead of linking it a second time.
 # FASTDDPM_FORCE_BUILD=1 compiles regardless.
 set -euo pipefail
 cd "$(dirname "$0")/.."

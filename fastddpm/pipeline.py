@@ -50,6 +50,26 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         raise ValueError(f"dtype {dtype!r} is not one of fp32, bf16, fp16") from None
 
 
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """torch.device(device), or a one-line ValueError naming it when torch cannot parse it or this machine has
+    no such CUDA device (instead of torch's driver error from deep inside the U-Net build)."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device name torch knows (cpu, cuda, cuda:K)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} is not available: torch sees no CUDA GPU here (use device='cpu')"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r} is not available: torch sees {count} CUDA GPU(s) here")
+    return parsed
+
+
 @dataclass
 class PipelineOutput:
     """``images``: a list of PIL images, a float32 NHWC array in [0, 1], or an NCHW tensor in [0, 1]."""
@@ -81,7 +101,10 @@ class Pipeline:
         from fastddpm.checkpoints import read_checkpoint
 
         loaded = read_checkpoint(
-            DEFAULT_MODEL_DIR if path is None else path, device=device, dtype=parse_dtype(dtype), **overrides
+            DEFAULT_MODEL_DIR if path is None else path,
+            device=check_device(device),
+            dtype=parse_dtype(dtype),
+            **overrides,
         )
         return cls(loaded.unet, loaded.scheduler_config, loaded.source)
 
@@ -120,7 +143,7 @@ class Pipeline:
 
     def to(self, device=None, dtype=None) -> Pipeline:
         """Move the network (and cast it: "fp32" / "bf16" / "fp16"); the sampler state stays float32."""
-        self.unet.to(device=device, dtype=parse_dtype(dtype))
+        self.unet.to(device=check_device(device), dtype=parse_dtype(dtype))
         self._loops.clear()
         self._compiled = None
         return self
@@ -348,5 +371,12 @@ def numpy_to_pil(images: np.ndarray) -> list:
 
 def load(path: str | os.PathLike | None = None, device=None, dtype=None, **overrides) -> Pipeline:
     """A Pipeline from a checkpoint: a diffusers folder, a google/ddpm-* folder, an original DDPM .ckpt /
-    .pth / .pt, or a Hub id; None gives the built-in digits model."""
+    .pth / .pt, or a Hub id; None gives the built-in digits model.
+
+    device: None (the CPU), "cpu", "cuda" (the current GPU), "cuda:K", or a torch.device; a CUDA device this
+    machine lacks is a ValueError naming it.
+    dtype of the network (the sampler state stays float32): None (float32), "fp32" / "float32", "bf16" /
+    "bfloat16", "fp16" / "float16" / "half", or torch.float32 / torch.bfloat16 / torch.float16.
+    overrides: sample_size=, and any DDPM/DDIM scheduler config key (beta_schedule=, prediction_type=, ...).
+    """
     return Pipeline.from_pretrained(path, device=device, dtype=dtype, **overrides)

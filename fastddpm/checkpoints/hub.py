@@ -33,6 +33,18 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of an exception's message on one line, cut at a word (with "...") past ``limit``:
+    huggingface_hub's messages run on with advice that does not fit one line."""
+    text = " ".join(text.split())
+    end = text.find(". ")
+    if end >= 0:
+        text = text[: end + 1]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
 def resolve_hub_id(hub_id: str) -> Path:
     """The local snapshot folder of ``owner/name[@revision]``; CheckpointError when it cannot be had."""
     match = _HUB_ID.match(hub_id)
@@ -73,6 +85,6 @@ def resolve_hub_id(hub_id: str) -> Path:
                 fetch(_CONFIGS + _WEIGHTS["bin"], local_only)
             return folder
         except Exception as exc:  # network errors online, a cache miss offline
-            errors.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
+            errors.append(f"{type(exc).__name__}: {_first_sentence(str(exc))}")
     where = "the local Hub cache (offline)" if offline else "the Hub or the local Hub cache"
     raise CheckpointError(f"{hub_id}: not an existing path, and not found in {where} ({'; '.join(errors)})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,17 @@ def save_diffusers(
         **_jsonable(scheduler),
     }
     state = {name: t.detach().to("cpu").contiguous() for name, t in unet.state_dict().items()}
-    save_file(state, str(folder / "unet" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    save_file(state, str(weights), metadata={"format": "pt"})
     for path, data in (
         (folder / "model_index.json", index),
         (folder / "unet" / "config.json", unet_config),
         (folder / "scheduler" / "scheduler_config.json", scheduler),
     ):
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    # safetensors writes through a private temporary file (mode 0600); give the weights the mode the umask
+    # gave the configs (0644 under the usual umask 022), so every file of the folder is readable alike.
+    os.chmod(weights, stat.S_IMODE(os.stat(folder / "model_index.json").st_mode))
     return folder
 
 

@@ -2,17 +2,19 @@
 
 Both engines sample the same batch with the same sampler and number of steps on the same device and
 dtype, in one process; each gets one untimed warm-up call, then the best of ``--repeats`` timed calls.
-diffusers is optional: without it the table has the fastddpm row only.
+diffusers is optional: without it the table has the fastddpm row only. The table (or, with --json, one JSON
+object) records the CPU thread count, since it decides the CPU numbers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 
+from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline
 from fastddpm.cli.errors import CliError
-from fastddpm.cli.sample import checkpoint_path, load_pipeline
 from fastddpm.cli.sharding import ProcessShare, device_for
 
 
@@ -77,6 +79,7 @@ def run_bench(args) -> int:
         )
 
     rows = [("fastddpm", best_seconds(fastddpm_call, device, args.repeats))]
+    difference = None
     with tempfile.TemporaryDirectory(prefix="fastddpm-bench-") as scratch:
         # diffusers reads only its own folder layout: hand it the checkpoint as fastddpm converts it.
         folder = os.path.join(scratch, "model")
@@ -95,15 +98,18 @@ def run_bench(args) -> int:
 
             rows.append(("diffusers", best_seconds(diffusers_call, device, args.repeats)))
             difference = image_difference(pipe, reference, args)
-    print(format_table(rows, args, device, path))
-    if reference is not None:
-        # A speed-up means something only if both engines compute the same images: one more call of each,
-        # with the same generator (fastddpm's noise="torch" draws exactly as diffusers does).
-        print(f"images: fastddpm vs diffusers, same generator: max |diff| {difference:.3g}")
+    if args.json:
+        print(as_json(rows, args, device, path, difference))
+    else:
+        print(format_table(rows, args, device, path))
+        if difference is not None:
+            print(f"images: fastddpm vs diffusers, same generator: max |diff| {difference:.3g}")
     return 0
 
 
 def image_difference(pipe, reference, args) -> float:
+    """max |diff| of one more call of each engine with the same generator (fastddpm's noise="torch" draws
+    exactly as diffusers does): a speed-up means something only if both compute the same images."""
     import numpy as np
     import torch
 
@@ -113,12 +119,39 @@ def image_difference(pipe, reference, args) -> float:
     return float(np.abs(ours.images - theirs.images).max())
 
 
+def as_json(rows: list[tuple[str, float]], args, device: str, path: str, difference: float | None) -> str:
+    baseline = dict(rows).get("diffusers")
+    return json.dumps(
+        {
+            "checkpoint": path,
+            "sampler": args.sampler,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "device": device,
+            "dtype": args.dtype,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "max_image_diff_vs_diffusers": difference,
+            "results": [
+                {
+                    "engine": engine,
+                    "seconds": seconds,
+                    "images_per_s": args.batch_size / seconds,
+                    "ms_per_step": 1000 * seconds / args.steps,
+                    "speed_up": baseline / seconds if baseline else None,
+                }
+                for engine, seconds in rows
+            ],
+        }
+    )
+
+
 def format_table(rows: list[tuple[str, float]], args, device: str, path: str) -> str:
     baseline = dict(rows).get("diffusers")
     lines = [
         f"checkpoint {path}",
         f"{args.sampler} {args.steps} steps, batch {args.batch_size}, {device}, {args.dtype}, "
-        f"best of {args.repeats} after one warm-up",
+        f"{args.threads} CPU threads, best of {args.repeats} after one warm-up",
         f"{'engine':<10} {'seconds':>9} {'images/s':>10} {'ms/step':>9} {'speed-up':>9}",
     ]
     for engine, seconds in rows:

@@ -6,8 +6,8 @@ import json
 import os
 import shutil
 
+from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline
 from fastddpm.cli.errors import CliError
-from fastddpm.cli.sample import checkpoint_path, load_pipeline
 
 FLOP_COUNTING = (
     "torch.utils.flop_counter.FlopCounterMode over one U-Net forward at batch 1 on the CPU with the torch "
@@ -96,7 +96,7 @@ def run_info(args) -> int:
 
 
 def run_convert(args) -> int:
-    source = checkpoint_path(args.source)
+    source = checkpoint_path(args.source, "source")
     destination = os.path.abspath(args.destination)
     if os.path.exists(destination) and (not os.path.isdir(destination) or os.listdir(destination)):
         raise CliError(f"destination {destination} already exists and is not an empty folder")
@@ -115,4 +115,10 @@ def run_convert(args) -> int:
         raise CliError(f"cannot write {destination}: {error.strerror or error}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    parameters = sum(p.numel() for p in pipe.unet.parameters())
+    channels, height, width = pipe.sample_shape()
+    print(
+        f"wrote {destination}: a diffusers pipeline folder ({parameters:,} parameters, "
+        f"{channels} x {height} x {width} samples) from {pipe.source}"
+    )
     return 0

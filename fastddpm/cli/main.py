@@ -59,6 +59,15 @@ _seed.__name__ = "integer"
 _eta.__name__ = "number"
 
 
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for torch (default: OMP_NUM_THREADS, else the cores this process may run on)",
+    )
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
@@ -66,10 +75,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:K",
     )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    _add_threads_option(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fastddpm import __version__
+
     parser = _OneLineParser(prog="fastddpm", description="Fast, exact sampling from DDPM checkpoints.")
+    parser.add_argument("--version", action="version", version=f"fastddpm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     sample = commands.add_parser(
@@ -79,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         "size or number of torchrun processes gives the same files, and a rerun of the same command resumes.",
     )
     sample.add_argument(
-        "checkpoint", nargs="?", help="diffusers folder or checkpoint file (default: the embedded model)"
+        "checkpoint",
+        nargs="?",
+        help="diffusers folder, checkpoint file or Hub id owner/name (default: the embedded model)",
     )
     # -n / --num-images for torchrun: its own parser takes a bare --num for an abbreviation of --numa-binding.
     sample.add_argument(
@@ -102,19 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="denoising steps (default: 50 for ddim, all for ddpm)",
     )
-    sample.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta in [0, 1] (default 0)")
+    sample.add_argument(
+        "--eta", type=_eta, default=None, help="DDIM eta in [0, 1] (default 0); --sampler ddim only"
+    )
     sample.add_argument("--seed", type=_seed, default=0, help="noise seed (default 0)")
     sample.add_argument(
         "--format", choices=("png", "npz"), default="png", help="PNG files or one uint8 NHWC npz"
     )
     sample.add_argument(
-        "--grid", default=None, help="also save a grid of the first 64 images to this image file"
+        "--grid",
+        default=None,
+        help="also save a grid of the first 64 images to this image file (.png, .jpg, ...; "
+        "missing folders are created)",
     )
     sample.add_argument(
         "--grid-scale",
         type=_positive_int,
-        default=1,
-        help="enlarge the grid's pixels K times (nearest neighbour)",
+        default=None,
+        help="enlarge the grid's pixels K times, nearest neighbour (default: about 512 px on the longer side)",
     )
     _add_model_options(sample)
 
@@ -125,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="architecture, parameters, scheduler, GFLOP per step")
     info.add_argument("checkpoint", nargs="?", help="checkpoint (default: the embedded model)")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_threads_option(info)
 
     bench = commands.add_parser("bench", help="a short throughput table: fastddpm vs diffusers")
     bench.add_argument("checkpoint", nargs="?", help="checkpoint (default: the embedded model)")
@@ -134,11 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--repeats", type=_positive_int, default=2, help="timed runs per engine (best is shown)"
     )
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     _add_model_options(bench)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
+    if hasattr(args, "threads"):
+        from fastddpm.cli.threads import use_threads
+
+        args.threads = use_threads(args.threads)
     if args.command == "sample":
         from fastddpm.cli.sample import run_sample
 

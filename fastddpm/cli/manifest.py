@@ -1,9 +1,10 @@
 """The manifest of a sample folder: the settings its images were drawn with, so a rerun can resume it.
 
 ``fastddpm_manifest.json`` holds the settings that decide the pixels (checkpoint fingerprint, number of
-images, sampler, steps, eta, seed, dtype, noise, format). A rerun with equal settings resumes; a rerun with
-other settings is refused, because mixing images of two settings in one folder would silently spoil an FID
-run. Batch size, device and the number of processes are not settings: philox noise makes the images
+images, sampler, steps, eta, seed, dtype, noise, format). A rerun with equal settings resumes; a rerun that
+only asks for more images grows the folder (image i depends only on the settings, the seed and i, so images
+0..M-1 stay valid and only M..N-1 are drawn); a rerun with other settings is refused, because mixing images
+of two settings in one folder would silently spoil an FID run. Batch size, device and the number of processes are not settings: philox noise makes the images
 independent of them.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 
 MANIFEST_NAME = "fastddpm_manifest.json"
 MANIFEST_VERSION = 1
@@ -64,13 +66,30 @@ def read_manifest(folder: str) -> dict | None:
     return manifest
 
 
-def check_or_write_manifest(folder: str, settings: dict, info: dict, folder_has_samples: bool) -> bool:
-    """Refuse a folder drawn with other settings; write the manifest if there is none.
+def check_or_write_manifest(
+    folder: str,
+    settings: dict,
+    info: dict,
+    folder_has_samples: bool,
+    growth_refused: Callable[[int], str | None] = lambda before: None,
+) -> int | None:
+    """Refuse a folder drawn with other settings; write the manifest if there is none, or if this run grows
+    the folder (the same settings but a larger ``num``, unless ``growth_refused(old num)`` gives a reason).
 
-    Returns True when the folder already had a matching manifest (a resumed run).
+    Returns the number of images the folder's manifest asked for before this run (None: a new folder).
     """
     existing = read_manifest(folder)
     if existing is not None:
+        before = existing["settings"].get("num")
+        same_but_num = {**existing["settings"], "num": settings.get("num")} == settings
+        if same_but_num and isinstance(before, int) and before < settings["num"]:
+            reason = growth_refused(before)
+            if reason is not None:
+                raise ManifestMismatch(
+                    f"{folder} cannot grow from {before} to {settings['num']} images: {reason}"
+                )
+            _write(folder, {**existing, **info, "settings": settings})
+            return before
         differences = [
             f"{key} {existing['settings'].get(key)!r} there, {value!r} here"
             for key, value in settings.items()
@@ -84,15 +103,19 @@ def check_or_write_manifest(folder: str, settings: dict, info: dict, folder_has_
         if differences:
             raise ManifestMismatch(
                 f"{folder} holds samples drawn with other settings ({'; '.join(differences)}): "
-                "rerun with the same settings to resume, or use another --out folder"
+                "rerun with the same settings to resume (--num may grow), or use another --out folder"
             )
-        return True
+        return before
     if folder_has_samples:
         raise ManifestMismatch(
             f"{folder} already holds sample files but no {MANIFEST_NAME}: refusing to mix them with new ones; "
             "use another --out folder"
         )
-    document = {"version": MANIFEST_VERSION, "settings": settings, **info}
+    _write(folder, {"version": MANIFEST_VERSION, "settings": settings, **info})
+    return None
+
+
+def _write(folder: str, document: dict) -> None:
     path = os.path.join(folder, MANIFEST_NAME)
     # Unique temporary name: under torchrun every process may write the (identical) manifest at once.
     temporary = os.path.join(folder, f".{MANIFEST_NAME}.{os.getpid()}.tmp")
@@ -104,7 +127,6 @@ def check_or_write_manifest(folder: str, settings: dict, info: dict, folder_has_
     except BaseException:
         _remove_quietly(temporary)
         raise
-    return False
 
 
 def _remove_quietly(path: str) -> None:

@@ -3,7 +3,7 @@
 Image i is drawn with philox noise at sample index i (pipeline noise="philox", sample_offset), so it depends
 only on (checkpoint, settings, seed, i). This process draws the indices of its torchrun block that are not
 on disk yet, in batches of consecutive indices, writing each image atomically as soon as its batch is done.
-The manifest guards the folder against a rerun with other settings.
+The manifest guards the folder against a rerun with other settings; a rerun with a larger N grows it.
 """
 
 from __future__ import annotations
@@ -13,45 +13,14 @@ import os
 import sys
 import time
 
+from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline
 from fastddpm.cli.errors import CliError
 from fastddpm.cli.manifest import ManifestMismatch, check_or_write_manifest, checkpoint_fingerprint
-from fastddpm.cli.sample_writer import WriteFailed, to_uint8, write_grid, writer_for
+from fastddpm.cli.sample_writer import WriteFailed, grid_format, to_uint8, write_grid, writer_for
 from fastddpm.cli.sharding import ProcessGroup, batches, device_for, process_share
 
 GRID_IMAGES = 64
 DEFAULT_DDIM_STEPS = 50
-
-
-def checkpoint_path(checkpoint: str | None) -> str:
-    """The checkpoint's path on disk (the embedded model's folder when none is given), checked to exist."""
-    if checkpoint is None:
-        from fastddpm.pipeline import DEFAULT_MODEL_DIR
-
-        path = str(DEFAULT_MODEL_DIR)
-        if not os.path.isdir(path):
-            raise CliError(f"the embedded default model is missing from {path}; reinstall fastddpm")
-        return path
-    if not os.path.exists(checkpoint):
-        raise CliError(f"checkpoint {checkpoint} does not exist")
-    return os.path.abspath(checkpoint)
-
-
-def load_pipeline(path: str, device: str, dtype: str):
-    """fastddpm.load, with any failure to read the checkpoint turned into one line of bad input."""
-    from fastddpm import pipeline
-
-    try:
-        pipe = pipeline.load(path)
-    except Exception as error:  # a corrupt file raises whatever its parser raises
-        raise CliError(
-            f"cannot read checkpoint {path}: {' '.join(str(error).split()) or type(error).__name__}"
-        ) from None
-    try:
-        return pipe.to(device, dtype)
-    except Exception as error:
-        raise CliError(
-            f"cannot move the model to device {device} in {dtype}: {' '.join(str(error).split())}"
-        ) from None
 
 
 def resolve_steps(pipe, sampler: str, steps: int | None) -> int:
@@ -76,11 +45,46 @@ def prepare_folder(folder: str) -> str:
     return folder
 
 
+def check_eta(sampler: str, eta: float | None) -> float:
+    """--eta is DDIM's: DDPM draws with its own variance, so an eta given with --sampler ddpm would be ignored."""
+    if eta is None:
+        return 0.0
+    if sampler != "ddim" and eta != 0.0:
+        raise CliError(f"--eta {eta:g} applies to --sampler ddim only; --sampler {sampler} does not use it")
+    return eta
+
+
+def check_grid(grid: str | None) -> None:
+    """A grid name PIL cannot write, or a folder, is bad input now, not a traceback after the sampling."""
+    if grid is None:
+        return
+    try:
+        grid_format(grid)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    if os.path.isdir(grid):
+        raise CliError(f"--grid {grid} is a folder; give an image file name such as grid.png")
+
+
+def prepare_grid(grid: str | None) -> str | None:
+    """The grid's absolute path, its folder created (as --help says) before sampling."""
+    if grid is None:
+        return None
+    path = os.path.abspath(grid)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as error:
+        raise CliError(f"--grid {grid}: its folder cannot be created: {error.strerror or error}") from None
+    return path
+
+
 def run_sample(args) -> int:
     try:
         share = process_share(args.num)
     except ValueError as error:
         raise CliError(str(error)) from None
+    args.eta = check_eta(args.sampler, args.eta)
+    check_grid(args.grid)
     path = checkpoint_path(args.checkpoint)
     pipe = load_pipeline(path, device_for(share, args.device), args.dtype)
     steps = resolve_steps(pipe, args.sampler, args.steps)
@@ -103,11 +107,12 @@ def run_sample(args) -> int:
 
     info = {"checkpoint": path, "fastddpm_version": __version__}
     try:
-        check_or_write_manifest(folder, settings, info, writer.has_samples())
+        check_or_write_manifest(folder, settings, info, writer.has_samples(), writer.growth_refused)
     except ManifestMismatch as error:
         raise CliError(str(error)) from None
     except OSError as error:
         raise CliError(f"--out {folder}: cannot write the manifest: {error.strerror or error}") from None
+    args.grid = prepare_grid(args.grid)
 
     group = ProcessGroup(share)
     started = time.perf_counter()
@@ -133,6 +138,7 @@ def run_sample(args) -> int:
             "format": args.format,
             "out": writer.output,
             "processes": share.world_size,
+            "threads": args.threads,
         }
         print(json.dumps(summary), flush=True)
     return 0
@@ -181,7 +187,6 @@ def finish(writer, args) -> None:
     try:
         writer.finish()
         if args.grid:
-            os.makedirs(os.path.dirname(os.path.abspath(args.grid)), exist_ok=True)
-            write_grid(writer.read(min(GRID_IMAGES, args.num)), os.path.abspath(args.grid), args.grid_scale)
+            write_grid(writer.read(min(GRID_IMAGES, args.num)), args.grid, args.grid_scale)
     except WriteFailed as error:
         raise CliError(f"{error.strerror}; the images written so far are kept, rerun to resume") from None

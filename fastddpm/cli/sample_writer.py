@@ -10,11 +10,13 @@ removes; a failed write (disk full) removes its temporary file and leaves every 
 - npz: the images are first written as part files ``.fastddpm_parts/<start>_<stop>.npy`` (one per batch);
   when every index is covered, rank 0 streams them into ``samples_<N>x<H>x<W>x<C>.npz`` holding one uint8
   NHWC array ``arr_0`` (what OpenAI's guided-diffusion evaluator reads) and removes the parts. Streaming
-  keeps memory at one part, whatever N is.
+  keeps memory at one part, whatever N is. A folder grown from M to N images keeps its finished
+  ``samples_<M>x...npz`` as the part covering 0..M-1 until the N-image file replaces it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -25,6 +27,8 @@ import numpy as np
 
 PARTS_FOLDER = ".fastddpm_parts"
 _PART_NAME = re.compile(r"^(\d+)_(\d+)\.npy$")
+_NPZ_NAME = re.compile(r"^samples_(\d+)x[\dx]+\.npz$")
+_COPY_CHUNK = 1 << 20
 
 
 class WriteFailed(OSError):
@@ -73,6 +77,12 @@ class PngFolder:
 
     def path_of(self, index: int) -> str:
         return os.path.join(self.folder, f"{index:0{self.digits}d}.png")
+
+    def growth_refused(self, before: int) -> str | None:
+        """Why a folder of ``before`` images cannot grow to this many (None: it can)."""
+        if PngFolder(self.folder, before).digits != self.digits:
+            return f"the file names would change from {PngFolder(self.folder, before).digits} to {self.digits} digits"
+        return None
 
     @property
     def output(self) -> str:
@@ -124,10 +134,22 @@ class NpzFile:
         found = sorted(glob.glob(os.path.join(self.folder, f"samples_{self.num_images}x*.npz")))
         return found[0] if found else None
 
+    def _earlier_npz(self) -> tuple[int, str] | None:
+        """The finished npz of a run with fewer images (the folder was grown): (its count, its path)."""
+        for name in sorted(os.listdir(self.folder)):
+            match = _NPZ_NAME.match(name)
+            if match and int(match.group(1)) < self.num_images:
+                return int(match.group(1)), os.path.join(self.folder, name)
+        return None
+
     def _part_ranges(self) -> list[tuple[int, int, str]]:
-        if not os.path.isdir(self.parts):
-            return []
+        """(start, stop, path) of every stored range: the part files, and an earlier, smaller npz."""
         ranges = []
+        earlier = self._earlier_npz()
+        if earlier is not None:
+            ranges.append((0, earlier[0], earlier[1]))
+        if not os.path.isdir(self.parts):
+            return ranges
         for name in os.listdir(self.parts):
             match = _PART_NAME.match(name)
             if match:
@@ -136,6 +158,10 @@ class NpzFile:
 
     def has_samples(self) -> bool:
         return bool(glob.glob(os.path.join(self.folder, "samples_*.npz"))) or bool(self._part_ranges())
+
+    def growth_refused(self, before: int) -> str | None:
+        """Why a folder of ``before`` images cannot grow to this many (None: it can)."""
+        return None
 
     def missing(self, start: int, stop: int) -> list[int]:
         if self._final_path() is not None:
@@ -165,9 +191,12 @@ class NpzFile:
                 raise WriteFailed(
                     0, f"{self.parts} lacks images {expected}..{self.num_images - 1}: rerun to finish"
                 )
-            shape = np.load(parts[0][2], mmap_mode="r").shape[1:]
+            shape = _image_shape(parts[0][2])
             final = os.path.join(self.folder, f"samples_{self.num_images}x{'x'.join(map(str, shape))}.npz")
             write_atomically(final, lambda handle: self._stream_npz(handle, parts, shape))
+        earlier = self._earlier_npz()
+        if earlier is not None:  # its images are in the new file now
+            os.remove(earlier[1])
         shutil.rmtree(self.parts, ignore_errors=True)
         for stale in glob.glob(os.path.join(self.folder, ".samples_*.npz.tmp")):
             os.remove(stale)
@@ -179,7 +208,11 @@ class NpzFile:
             with archive.open("arr_0.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_1_0(member, header)
                 for _, _, path in parts:
-                    member.write(np.ascontiguousarray(np.load(path)).tobytes())
+                    if path.endswith(".npz"):
+                        with _npz_pixels(path) as (_, pixels):
+                            shutil.copyfileobj(pixels, member, _COPY_CHUNK)
+                    else:
+                        member.write(np.ascontiguousarray(np.load(path)).tobytes())
 
     def read(self, count: int) -> np.ndarray:
         final = self._final_path()
@@ -190,33 +223,96 @@ class NpzFile:
         for _, _, path in self._part_ranges():
             if have >= count:
                 break
-            chunks.append(np.load(path))
+            if path.endswith(".npz"):
+                with np.load(path) as archive:
+                    chunks.append(archive["arr_0"][:count])
+            else:
+                chunks.append(np.load(path))
             have += len(chunks[-1])
         return np.concatenate(chunks)[:count]
+
+
+@contextlib.contextmanager
+def _npz_pixels(path: str):
+    """``with _npz_pixels(path) as (shape, stream)``: the raw uint8 bytes of an npz's arr_0 after its .npy
+    header, read from the file as they are copied (the npz is stored, not compressed)."""
+    with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(member)
+        if dtype != np.uint8:
+            raise WriteFailed(0, f"{path} does not hold uint8 images: move it away and rerun")
+        yield shape, member
+
+
+def _image_shape(path: str) -> tuple[int, ...]:
+    """(H, W, C) of the images in a part file or an npz."""
+    if path.endswith(".npz"):
+        with _npz_pixels(path) as (shape, _):
+            return tuple(shape[1:])
+    return np.load(path, mmap_mode="r").shape[1:]
 
 
 def writer_for(output_format: str, folder: str, num_images: int) -> PngFolder | NpzFile:
     return PngFolder(folder, num_images) if output_format == "png" else NpzFile(folder, num_images)
 
 
-def write_grid(images: np.ndarray, path: str, scale: int = 1) -> None:
+GRID_LONGER_SIDE = 512  # default grid size: 64 digits of 8 px (82 px unscaled) are too small to see
+
+
+def grid_format(path: str) -> str:
+    """PIL's name of the image format that ``path``'s extension asks for (no extension: PNG).
+
+    Checked before sampling, so a grid name PIL cannot write is bad input, not a failure after the run.
+    """
+    from PIL import Image
+
+    extension = os.path.splitext(path)[1].lower()
+    if not extension:
+        return "PNG"
+    Image.init()  # registers every format PIL has, not just the few it loads up front
+    image_format = Image.registered_extensions().get(extension)
+    if image_format is None or image_format not in Image.SAVE:
+        raise ValueError(
+            f"--grid {path}: {extension} is not an image format PIL can write (use .png or .jpg)"
+        )
+    return image_format
+
+
+def grid_layout(count: int, height: int, width: int, gap: int = 2) -> tuple[int, int, int, int]:
+    """(rows, columns, canvas height, canvas width) of a near-square grid of ``count`` tiles, unscaled."""
+    columns = int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / columns))
+    return rows, columns, rows * (height + gap) + gap, columns * (width + gap) + gap
+
+
+def default_grid_scale(count: int, height: int, width: int) -> int:
+    """The whole-number pixel repeat that brings the grid's longer side nearest GRID_LONGER_SIDE (never < 1)."""
+    _, _, canvas_height, canvas_width = grid_layout(count, height, width)
+    return max(1, round(GRID_LONGER_SIDE / max(canvas_height, canvas_width)))
+
+
+def write_grid(images: np.ndarray, path: str, scale: int | None = None) -> None:
     """Tile uint8 NHWC images into a near-square grid with 2-pixel gaps and save it (atomically).
 
-    ``scale`` repeats every pixel scale x scale times, so tiny samples stay sharp when shown large.
+    ``scale`` repeats every pixel scale x scale times (nearest neighbour), so tiny samples stay sharp when
+    shown large; None: default_grid_scale, about GRID_LONGER_SIDE pixels on the longer side.
     """
     from PIL import Image
 
     count, height, width, channels = images.shape
-    columns = int(np.ceil(np.sqrt(count)))
-    rows = int(np.ceil(count / columns))
     gap = 2
-    canvas = np.full((rows * (height + gap) + gap, columns * (width + gap) + gap, channels), 255, np.uint8)
+    rows, columns, canvas_height, canvas_width = grid_layout(count, height, width, gap)
+    canvas = np.full((canvas_height, canvas_width, channels), 255, np.uint8)
     for index, image in enumerate(images):
         top = gap + (index // columns) * (height + gap)
         left = gap + (index % columns) * (width + gap)
         canvas[top : top + height, left : left + width] = image
+    if scale is None:
+        scale = default_grid_scale(count, height, width)
     canvas = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
     picture = Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas)
-    extension = os.path.splitext(path)[1].lstrip(".").upper() or "PNG"
-    image_format = "JPEG" if extension == "JPG" else extension
+    image_format = grid_format(path)
     write_atomically(path, lambda handle: picture.save(handle, image_format))

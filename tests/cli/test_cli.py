@@ -43,12 +43,24 @@ def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
 
 
 def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    """main(argv) in this process, on this process's torch thread count (one, tests/conftest.py), restored
+    afterwards: the CLI's default (every core) would have OpenMP threads spin on a busy machine."""
+    import torch
+
     from fastddpm.cli import main
 
+    threads, environment = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
         code = main(argv)
     except SystemExit as exit_:
         code = exit_.code
+    finally:
+        torch.set_num_threads(threads)
+        if environment is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = environment
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -92,13 +104,18 @@ def test_sample_writes_pngs_and_a_one_line_summary(reference_run):
     assert summary["images"] == 8 and summary["skipped"] == 0
     assert (summary["sampler"], summary["steps"], summary["seed"]) == ("ddim", 10, 7)
     assert summary["checkpoint"].endswith("default_model") and summary["images_per_s"] > 0
+    assert summary["threads"] == 1  # OMP_NUM_THREADS=1 from cli_env()
     pixels = png_pixels(out, 8)
     assert pixels.shape == (8, 8, 8) and pixels.dtype == np.uint8
     assert len({p.tobytes() for p in pixels}) == 8, "different indices must give different images"
     from PIL import Image
 
     grid = Image.open(out / "grid.png")
-    assert grid.size == (3 * 10 + 2, 3 * 10 + 2)  # 8 images: 3 x 3 tiles of 8 px with 2 px gaps
+    # 8 images: 3 x 3 tiles of 8 px with 2 px gaps = 32 px, scaled 16 x by default to 512 px.
+    assert grid.size == (512, 512)
+    tiles = np.asarray(grid)[::16, ::16]  # nearest-neighbour scaling: every 16th pixel is the unscaled grid
+    np.testing.assert_array_equal(tiles[2:10, 2:10], pixels[0])
+    np.testing.assert_array_equal(tiles[22:30, 12:20], pixels[7])
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
@@ -189,6 +206,20 @@ BAD_INPUTS = {
     "unwritable folder": lambda tmp: ["sample", "--num", "2", "--out", str(_a_file(tmp) / "sub")],
     "unknown dtype": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--dtype", "float8"],
     "unknown command": lambda tmp: ["draw", "--num", "2"],
+    "grid format unknown": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--grid", "g.xyz"],
+    "grid is a folder": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--grid", str(tmp)],
+    "eta with ddpm": lambda tmp: [
+        "sample",
+        "--num",
+        "2",
+        "--out",
+        str(tmp / "o"),
+        "--sampler",
+        "ddpm",
+        "--eta",
+        "0.5",
+    ],
+    "threads zero": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--threads", "0"],
     "info of a missing checkpoint": lambda tmp: ["info", str(tmp / "nope")],
     "convert of a corrupt checkpoint": lambda tmp: ["convert", _corrupt_checkpoint(tmp), str(tmp / "dst")],
 }
@@ -202,7 +233,7 @@ def _a_file(tmp_path):
 
 # Each subprocess pays a torch import (seconds on a loaded 2-core machine): these cases run as real processes,
 # the rest through main() in this process, which prints and exits exactly as the console script does.
-IN_SUBPROCESS = {"corrupt checkpoint folder", "unknown sampler"}
+IN_SUBPROCESS = {"corrupt checkpoint folder", "unknown sampler", "grid format unknown"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -218,6 +249,48 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     assert len(lines) == 1, f"{case}: stderr must be one line, got {err!r}"
     assert "Traceback" not in err and out == ""
     assert not (tmp_path / "o").exists(), f"{case}: created the output folder"
+
+
+def test_bad_grid_and_eta_say_which_argument_is_wrong(tmp_path, capsys):
+    argv = BAD_INPUTS["grid format unknown"](tmp_path)
+    assert ".xyz is not an image format" in run_in_process(argv, capsys)[2]
+    argv = BAD_INPUTS["eta with ddpm"](tmp_path)
+    assert "--eta 0.5 applies to --sampler ddim only" in run_in_process(argv, capsys)[2]
+
+
+def test_missing_checkpoint_gets_one_message_from_every_command(tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    messages = {
+        command: run_in_process(argv, capsys)[2].split(": ", 1)[1]
+        for command, argv in {
+            "info": ["info", missing],
+            "sample": ["sample", missing, "--num", "2", "--out", str(tmp_path / "o")],
+            "bench": ["bench", missing],
+        }.items()
+    }
+    assert len(set(messages.values())) == 1, messages
+    assert (
+        messages["info"] == f"checkpoint {missing}: no such file or folder, and not a Hub id (owner/name)\n"
+    )
+
+
+def test_version_and_help(capsys):
+    from fastddpm import __version__
+
+    assert run_in_process(["--version"], capsys)[:2] == (0, f"fastddpm {__version__}\n")
+    code, stdout, _ = run_in_process(["sample", "--help"], capsys)
+    assert code == 0 and "missing folders are created" in " ".join(stdout.split())
+
+
+def test_grid_creates_missing_folders_and_takes_its_format_from_its_name(reference_run, tmp_path, capsys):
+    reference, _ = reference_run
+    grid = tmp_path / "new" / "folders" / "grid.jpg"
+    argv = ["sample", "--num", "8", "--batch-size", "8", "--out", str(reference), "--grid", str(grid)]
+    assert run_in_process([*argv, "--grid-scale", "3", *TINY], capsys)[0] == 0
+    from PIL import Image
+
+    with Image.open(grid) as picture:
+        assert picture.format == "JPEG" and picture.size == (3 * 32, 3 * 32)
 
 
 def test_disk_full_keeps_completed_images_and_removes_the_temporary_file(tmp_path, capsys):
@@ -273,9 +346,23 @@ def test_convert_writes_a_folder_that_samples_identically(reference_run, tmp_pat
 
     reference, _ = reference_run
     destination = tmp_path / "converted"
-    assert run_in_process(["convert", str(DEFAULT_MODEL_DIR), str(destination)], capsys)[:2] == (0, "")
+    code, stdout, _ = run_in_process(["convert", str(DEFAULT_MODEL_DIR), str(destination)], capsys)
+    assert code == 0 and len(stdout.splitlines()) == 1
+    assert (
+        stdout.startswith(f"wrote {destination}: a diffusers pipeline folder (1,") and "1 x 8 x 8" in stdout
+    )
     assert (destination / "model_index.json").exists()
     assert (destination / "unet" / "config.json").exists() and (destination / "scheduler").is_dir()
+    # Every file gets the mode the umask gives a new file (safetensors alone used to write 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {
+        os.path.relpath(os.path.join(root, name), destination): os.stat(os.path.join(root, name)).st_mode
+        & 0o777
+        for root, _, names in os.walk(destination)
+        for name in names
+    }
+    assert len(modes) == 4 and set(modes.values()) == {0o666 & ~umask}, modes
     argv = [
         "sample",
         str(destination),
@@ -294,20 +381,33 @@ def test_convert_writes_a_folder_that_samples_identically(reference_run, tmp_pat
     assert code == 2 and "already exists" in err and len(err.splitlines()) == 1
 
 
-def test_bench_prints_a_table(capsys):
-    code, stdout, _ = run_in_process(["bench", "--batch-size", "2", "--steps", "2", "--repeats", "1"], capsys)
-    assert code == 0
-    lines = stdout.splitlines()
-    rows = {line.split()[0]: [float(v.rstrip("x")) for v in line.split()[1:]] for line in lines[3:5]}
-    assert set(rows) == {"fastddpm", "diffusers"}, stdout
-    for seconds, images_per_s, ms_per_step, speed_up in rows.values():
-        assert seconds > 0
-        assert images_per_s == pytest.approx(2 / seconds, rel=2e-3)  # batch 2; rounded to 0.1 in the table
-        assert ms_per_step == pytest.approx(1000 * seconds / 2, rel=2e-3, abs=0.01)  # 2 steps
-        assert speed_up == pytest.approx(rows["diffusers"][0] / seconds, rel=2e-2)
-    # The engines computed the same images (float32, same generator): measured 2.1e-06 on the default model.
-    assert lines[5].startswith("images: fastddpm vs diffusers, same generator: max |diff| "), stdout
-    assert float(lines[5].rsplit(" ", 1)[1]) <= 2e-5, lines[5]
+def test_bench_prints_a_table_its_thread_count_and_image_parity(capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    argv = ["bench", "--batch-size", "2", "--steps", "2", "--repeats", "1", "--threads", "1"]
+    try:
+        code, stdout, _ = run_in_process(argv, capsys)
+        lines = stdout.splitlines()
+        assert code == 0 and "1 CPU threads" in lines[1]
+        rows = {line.split()[0]: line.split() for line in lines[3:5]}
+        assert set(rows) == {"fastddpm", "diffusers"}, stdout
+        # The engines computed the same images (float32, same generator): measured 2.1e-06 on the default model.
+        assert lines[5].startswith("images: fastddpm vs diffusers, same generator: max |diff| "), stdout
+        assert float(lines[5].rsplit(" ", 1)[1]) <= 2e-5, lines[5]
+        code, stdout, _ = run_in_process([*argv, "--json"], capsys)
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(stdout)
+    assert code == 0 and result["threads"] == 1
+    assert [row["engine"] for row in result["results"]] == ["fastddpm", "diffusers"]
+    diffusers_seconds = result["results"][1]["seconds"]
+    for row in result["results"]:  # batch 2, 2 steps
+        assert row["seconds"] > 0
+        assert row["images_per_s"] == pytest.approx(2 / row["seconds"])
+        assert row["ms_per_step"] == pytest.approx(1000 * row["seconds"] / 2)
+        assert row["speed_up"] == pytest.approx(diffusers_seconds / row["seconds"])
+    assert result["max_image_diff_vs_diffusers"] <= 2e-5
 
 
 def test_process_blocks_cover_every_index_once_and_resumed_batches_cut_where_the_first_run_did():

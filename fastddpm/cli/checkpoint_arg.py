@@ -1,0 +1,61 @@
+"""The CHECKPOINT argument of every subcommand: a path, a Hub id, or nothing (the embedded model), then loaded.
+
+One function resolves it for `sample`, `info`, `convert` and `bench`, so a missing checkpoint gets the same
+message from each, and a Hub id ("google/ddpm-cifar10-32") is resolved as ``fastddpm.load`` resolves it:
+through huggingface_hub's download or its local cache (HF_HUB_OFFLINE=1: the cache only).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastddpm.cli.errors import CliError
+
+
+def checkpoint_path(checkpoint: str | None, argument: str = "checkpoint") -> str:
+    """The checkpoint's file or folder on disk (the embedded model's folder when none is given).
+
+    A path that does not exist but has the form owner/name[@revision] is a Hub id: its local snapshot folder
+    is returned. ``argument`` names the argument in messages (convert calls it "source").
+    """
+    if checkpoint is None:
+        from fastddpm.pipeline import DEFAULT_MODEL_DIR
+
+        path = str(DEFAULT_MODEL_DIR)
+        if not os.path.isdir(path):
+            raise CliError(f"the embedded default model is missing from {path}; reinstall fastddpm")
+        return path
+    if os.path.exists(checkpoint):
+        return os.path.abspath(checkpoint)
+    from fastddpm.checkpoints.files import CheckpointError
+    from fastddpm.checkpoints.hub import looks_like_hub_id, resolve_hub_id
+
+    if not looks_like_hub_id(checkpoint):
+        raise CliError(f"{argument} {checkpoint}: no such file or folder, and not a Hub id (owner/name)")
+    try:
+        return str(resolve_hub_id(checkpoint))
+    except CheckpointError as error:
+        raise CliError(f"{argument} {_one_line(str(error))}") from None
+
+
+def load_pipeline(path: str, device: str, dtype: str):
+    """fastddpm.load, with any failure to read the checkpoint turned into one line of bad input."""
+    from fastddpm import pipeline
+
+    try:
+        pipe = pipeline.load(path)
+    except Exception as error:  # a corrupt file raises whatever its parser raises
+        message = _one_line(str(error)) or type(error).__name__
+        # The readers' messages start with the path already: say it once.
+        message = message.removeprefix(f"{path}: ")
+        raise CliError(f"cannot read checkpoint {path}: {message}") from None
+    try:
+        return pipe.to(device, dtype)
+    except Exception as error:
+        raise CliError(
+            f"cannot move the model to device {device} in {dtype}: {_one_line(str(error))}"
+        ) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
