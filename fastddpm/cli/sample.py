@@ -36,12 +36,15 @@ def checkpoint_path(checkpoint: str | None) -> str:
     return os.path.abspath(checkpoint)
 
 
-def load_pipeline(path: str, device: str, dtype: str):
-    """fastddpm.load, with any failure to read the checkpoint turned into one line of bad input."""
+def load_pipeline(path: str, device: str, dtype: str, flags: str | None = None):
+    """fastddpm.load, with any failure to read the checkpoint turned into one line of bad input.
+
+    ``flags``: an ADM checkpoint's flag string as their README writes it, passed as keyword flags."""
     from fastddpm import pipeline
+    from fastddpm.checkpoints.adm_flags import parse_flag_string
 
     try:
-        pipe = pipeline.load(path)
+        pipe = pipeline.load(path, **(parse_flag_string(flags) if flags else {}))
     except Exception as error:  # a corrupt file raises whatever its parser raises
         raise CliError(
             f"cannot read checkpoint {path}: {' '.join(str(error).split()) or type(error).__name__}"
@@ -55,7 +58,9 @@ def load_pipeline(path: str, device: str, dtype: str):
 
 
 def resolve_steps(pipe, sampler: str, steps: int | None) -> int:
-    train_steps = int(pipe.scheduler.config.num_train_timesteps)
+    train_steps = len(pipe.scheduler)
+    if steps is None and getattr(pipe.scheduler, "kind", "") == "adm":
+        return None  # their flags' timestep_respacing (all steps without one)
     if steps is None:
         return train_steps if sampler == "ddpm" else min(DEFAULT_DDIM_STEPS, train_steps)
     if not 1 <= steps <= train_steps:
@@ -82,7 +87,7 @@ def run_sample(args) -> int:
     except ValueError as error:
         raise CliError(str(error)) from None
     path = checkpoint_path(args.checkpoint)
-    pipe = load_pipeline(path, device_for(share, args.device), args.dtype)
+    pipe = load_pipeline(path, device_for(share, args.device), args.dtype, args.flags)
     steps = resolve_steps(pipe, args.sampler, args.steps)
     # The folder only after the checkpoint and settings passed: bad input leaves no empty folder behind.
     folder = prepare_folder(args.out)
@@ -98,6 +103,7 @@ def run_sample(args) -> int:
         "dtype": args.dtype,
         "noise": "philox",
         "format": args.format,
+        **({"flags": args.flags} if args.flags else {}),  # an ADM checkpoint's flags change its images
     }
     from fastddpm import __version__
 
