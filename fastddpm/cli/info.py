@@ -131,15 +131,20 @@ def run_convert(args) -> int:
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise CliError(f"destination folder {parent} does not exist or is not writable")
     pipe = load_pipeline(source, "cpu", "float32", args.flags)
+    write = pipe.save_pretrained
     if getattr(pipe.scheduler, "kind", "") == "adm":
-        raise CliError(
-            f"{source}: converting an ADM checkpoint to a diffusers folder is not implemented "
-            "(fastddpm samples it directly: fastddpm sample CHECKPOINT --flags ...)"
-        )
+        from fastddpm.checkpoints import save_diffusers
+        from fastddpm.checkpoints.adm_to_diffusers import NotExpressible, as_diffusers
+
+        try:
+            unet, scheduler = as_diffusers(pipe.unet, pipe.scheduler_config)
+        except NotExpressible as error:
+            raise CliError(f"{source}: diffusers' UNet2DModel cannot express this ADM net: {error}") from None
+        write = lambda folder: save_diffusers(unet, scheduler, folder)  # noqa: E731
     # Written next to the destination, then renamed: an interrupted convert leaves no half folder.
     staging = os.path.join(parent, f".{os.path.basename(destination)}.{os.getpid()}.tmp")
     try:
-        pipe.save_pretrained(staging)
+        write(staging)
         if os.path.isdir(destination):
             os.rmdir(destination)
         os.replace(staging, destination)

@@ -78,8 +78,3 @@ def test_info_describes_the_adm_net(checkpoint, capsys):
     text = capsys.readouterr().out
     assert "(ADM, improved-/guided-diffusion)" in text and "32 channels x [1, 2, 2, 2]" in text
     assert "4000 steps, cosine betas, learn_sigma True" in text and "rescale_timesteps True" in text
-
-
-def test_convert_says_why_not(checkpoint, tmp_path, capsys):
-    assert main(["convert", checkpoint, str(tmp_path / "out"), "--flags", FLAGS]) == 2
-    assert "converting an ADM checkpoint to a diffusers folder is not implemented" in capsys.readouterr().err
