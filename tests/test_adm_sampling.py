@@ -19,6 +19,7 @@ from tests.adm_families import FAMILIES
 # 2.3e-6 .. 3.5e-6 for the 4-level nets, 2.6e-5 .. 5.3e-4 for the 5- to 7-level ones (guided_512_cond the
 # largest; 3.9e-4 with FASTDDPM_CPU_CONV=direct). Their few, long steps divide by sqrt(abar_T) ~ 0.006:
 # the float32 reference itself is 1.5e-4 (512) and 5e-5 (improved_lsun) off its own float64 run.
+# Fixed variances / x0 prediction (improved_lsun structure): 7.2e-6 .. 8.7e-6.
 TOLERANCE = 1e-3
 # Each family with one sampler setting; every sampler kind and respacing syntax appears.
 SETTINGS = {
@@ -63,6 +64,24 @@ def test_sampling_matches_their_loops(family, tmp_path):
         generator=torch.Generator().manual_seed(5), output_type="pt", progress=False,
     ).images  # fmt: skip
     expected = reference_images(family, flags, model, sampler, respacing, eta, x_T, labels, 5)
+    assert (images - expected).abs().max().item() < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "extra, sampler",
+    [
+        ("--learn_sigma False --sigma_small True --predict_xstart True", "ddpm"),  # fixed small, x0 output
+        ("--learn_sigma False", "ddpm"),  # fixed large: the first step's posterior variance
+        ("--learn_sigma False --predict_xstart True", "ddim"),
+    ],
+)
+def test_fixed_variances_and_x0_prediction_match_their_loops(extra, sampler, tmp_path):
+    model, given, flags, size = reference_model("improved_lsun", extra_flags=extra)
+    pipe = fastddpm.load(save_checkpoint(model, tmp_path / "model.pt"), sample_size=size, **given)
+    x_T = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    images = pipe(batch_size=2, sampler=sampler, eta=0.3, timestep_respacing="2,1", latents=x_T,
+                  generator=torch.Generator().manual_seed(5), output_type="pt", progress=False).images  # fmt: skip
+    expected = reference_images("improved_lsun", flags, model, sampler, "2,1", 0.3, x_T, None, 5)
     assert (images - expected).abs().max().item() < TOLERANCE
 
 
