@@ -446,5 +446,7 @@ def numpy_to_pil(images: np.ndarray) -> list:
 
 def load(path: str | os.PathLike | None = None, device=None, dtype=None, **overrides) -> Pipeline:
     """A Pipeline from a checkpoint: a diffusers folder, a google/ddpm-* folder, an original DDPM .ckpt /
-    .pth / .pt, or a Hub id; None gives the built-in digits model."""
+    .pth / .pt, an OpenAI ADM .pt (improved-/guided-diffusion) with their README's flags as keyword
+    arguments (``num_channels=256, learn_sigma=True, ...``), or a Hub id; None gives the built-in digits
+    model."""
     return Pipeline.from_pretrained(path, device=device, dtype=dtype, **overrides)
