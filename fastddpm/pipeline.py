@@ -302,8 +302,11 @@ class Pipeline:
             unet = self.unet
             if compile:
                 # one eager forward first: ops decides each call's backend eagerly, compile looks it up
+                labels = torch.zeros(shape[0], dtype=torch.int64, device=table.device) if labeled else None
                 self.unet(
-                    torch.zeros(shape, dtype=self.dtype, device=table.device), timesteps[:1].expand(shape[0])
+                    torch.zeros(shape, dtype=self.dtype, device=table.device),
+                    timesteps[:1].expand(shape[0]),
+                    **({"class_labels": labels} if labeled else {}),
                 )
                 unet = self._compiled_unet()
             loop = SamplingLoop(
