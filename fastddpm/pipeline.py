@@ -24,6 +24,7 @@ from fastddpm.ops import noise as noise_module
 from fastddpm.ops.noise import randn_tensor
 from fastddpm.ops.step_columns import NOISE_ON
 from fastddpm.schedulers import DDIMScheduler, DDPMScheduler
+from fastddpm.schedulers.gaussian_diffusion import GaussianDiffusion
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 SAMPLERS = ("ddpm", "ddim")
@@ -85,7 +86,8 @@ class Pipeline:
     ):
         self.unet = unet.eval()
         self.scheduler_config = dict(scheduler_config or {})
-        self.scheduler = DDPMScheduler.from_config(self.scheduler_config)
+        adm = self.scheduler_config.get("_class_name") == "GaussianDiffusion"  # ADM's own process
+        self.scheduler = (GaussianDiffusion if adm else DDPMScheduler).from_config(self.scheduler_config)
         self.source = source
         self._loops: dict[tuple, tuple[SamplingLoop, Any]] = {}
         self._schedules: dict[tuple, tuple] = {}
@@ -178,6 +180,9 @@ class Pipeline:
         compile: bool = False,
         channels_last: bool | None = None,
         return_dict: bool = True,
+        timestep_respacing: str | int | None = None,
+        class_labels: torch.Tensor | list[int] | None = None,
+        latents: torch.Tensor | None = None,
     ) -> PipelineOutput | tuple:
         """Sample ``batch_size`` images.
 
@@ -190,6 +195,14 @@ class Pipeline:
         compile=True runs the U-Net through torch.compile (on the CPU its convolutions then go through
         nn.Conv2d as inductor sees them, not fastddpm.models.conv's Winograd path, which eager mode uses).
         channels_last (default: prefer_channels_last) runs the network on NHWC activations and weights.
+
+        ADM checkpoints (OpenAI improved-/guided-diffusion) sample as their p_sample_loop (sampler="ddpm",
+        learned or fixed variances) or ddim_sample_loop (sampler="ddim", eta) over the process respaced by
+        ``timestep_respacing`` (their syntax: "250", "10,15,20", "ddim25"; default: the load flags', or
+        str(num_inference_steps)); noise="torch" draws one normal per step, the last included, as they do.
+        ``class_labels`` (tensor or list, one per image) for class-conditional models; None draws uniform
+        labels from the generator before x_T (as their image_sample.py), or from Philox. ``latents`` is
+        x_T (float32, the batch's shape): then the generator's first draw is the first step's noise.
         """
         if batch_size == "auto":
             batch_size = auto_batch_size(self.unet, self.sample_shape(), self.dtype)
@@ -198,7 +211,7 @@ class Pipeline:
         )
         device = self.device
         scheduler, timesteps_host, noise_on, table, timesteps = self._schedule_for(
-            sampler, num_inference_steps, float(eta), device
+            sampler, num_inference_steps, float(eta), device, timestep_respacing
         )
         shape = (batch_size, *self.sample_shape())
 
@@ -206,6 +219,12 @@ class Pipeline:
             generator = torch.Generator("cpu").manual_seed(seed)
         if noise == "philox":
             seed = 0 if seed is None else seed
+        labels = self._class_labels(class_labels, batch_size, generator, noise, seed, sample_offset, device)
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have the batch's shape {shape}, got {tuple(latents.shape)}")
+            x = latents.to(device=device, dtype=torch.float32)
+        elif noise == "philox":
             x = noise_module.philox_normal(seed, sample_offset, batch_size, shape[1:], 0, device=device)
         else:
             x = randn_tensor(shape, generator, device, torch.float32)
@@ -228,21 +247,54 @@ class Pipeline:
             repr(step_options),
         )
         loop, replay = self._loop_for(
-            key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile
+            key,
+            table,
+            timesteps,
+            shape,
+            step_options,
+            noise,
+            seed,
+            use_cuda_graph,
+            compile,
+            labels is not None,
         )
         draw = None
         if noise == "torch":
             draw = lambda: randn_tensor(shape, generator, device, torch.float32)  # noqa: E731
         with tqdm(total=len(noise_on), disable=not progress, desc=f"fastddpm {sampler}", leave=False) as bar:
-            x = loop.run(x, sample_offset, noise_on, draw, step=replay, progress=bar).clone()
+            x = loop.run(
+                x, sample_offset, noise_on, draw, step=replay, progress=bar, class_labels=labels
+            ).clone()
 
         images = to_output(x, output_type)
         return PipelineOutput(images) if return_dict else (images,)
 
-    def _schedule_for(self, sampler: str, steps: int | None, eta: float, device: torch.device):
+    def _schedule_for(
+        self, sampler: str, steps: int | None, eta: float, device: torch.device, respacing=None
+    ):
         """The scheduler, timesteps, noise flags and device step table for these settings, built once:
         a 1000-step DDPM table takes ~0.2 s of host work, which the CLI would otherwise pay per batch."""
-        key = (sampler, steps, eta, device, repr(sorted(self.scheduler_config.items())))
+        key = (sampler, steps, eta, device, respacing, repr(sorted(self.scheduler_config.items())))
+        if isinstance(self.scheduler, GaussianDiffusion) and key not in self._schedules:
+            if respacing is None and steps is not None:
+                respacing = str(steps)
+            model_t, table_host = self.scheduler.schedule(sampler, respacing, eta)
+            self._schedules.clear()
+            # their samplers draw a normal at every step (the last one's is multiplied by 0)
+            draws = (
+                [True] * len(model_t)
+                if self.scheduler.draws_every_step
+                else (table_host[:, NOISE_ON] > 0).tolist()
+            )
+            self._schedules[key] = (
+                self.scheduler,
+                model_t.tolist(),
+                draws,
+                table_host.to(device),
+                model_t.to(device),
+            )
+        elif respacing is not None and not isinstance(self.scheduler, GaussianDiffusion):
+            raise ValueError("timestep_respacing applies to ADM checkpoints only; use num_inference_steps")
         if key not in self._schedules:
             scheduler = self.make_scheduler(sampler)
             if steps is None:
@@ -259,7 +311,9 @@ class Pipeline:
             )
         return self._schedules[key]
 
-    def _loop_for(self, key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile):
+    def _loop_for(
+        self, key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile, labeled=False
+    ):
         """The cached SamplingLoop (and its graph replay, or None for eager) for this call's settings."""
         on_cuda = table.device.type == "cuda"
         if use_cuda_graph is None:
@@ -271,16 +325,21 @@ class Pipeline:
             unet = self.unet
             if compile:
                 # one eager forward first: ops decides each call's backend eagerly, compile looks it up
+                labels = torch.zeros(shape[0], dtype=torch.int64, device=table.device) if labeled else None
                 self.unet(
-                    torch.zeros(shape, dtype=self.dtype, device=table.device), timesteps[:1].expand(shape[0])
+                    torch.zeros(shape, dtype=self.dtype, device=table.device),
+                    timesteps[:1].expand(shape[0]),
+                    **({"class_labels": labels} if labeled else {}),
                 )
                 unet = self._compiled_unet()
             loop = SamplingLoop(
-                unet, table, timesteps, shape, self.dtype, step_options, noise, seed or 0, self._memory_format
-            )
+                unet, table, timesteps, shape, self.dtype, step_options, noise, seed or 0, self._memory_format,
+                class_conditional=labeled,
+            )  # fmt: skip
             replay = None
             if use_cuda_graph:
                 buffers = [loop.x, loop.step_index, loop.sample_offset]
+                buffers += [loop.class_labels] if loop.class_labels is not None else []
                 replay = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
             self._loops.clear()  # one live graph at a time: each holds a private memory pool
             self._loops[key] = (loop, replay)
@@ -299,7 +358,49 @@ class Pipeline:
             self._compiled = torch.compile(self.unet, fullgraph=True, dynamic=False)
         return self._compiled
 
+    def _class_labels(self, labels, batch_size, generator, noise, seed, sample_offset, device):
+        """The batch's class labels (B,) int64 on ``device``, or None for an unconditional net."""
+        classes = self._num_classes()
+        if classes is None:
+            if labels is not None:
+                raise ValueError("class_labels was given but this model is not class-conditional")
+            return None
+        if labels is None:
+            if noise == "philox":
+                return noise_module.philox_class_labels(seed, sample_offset, batch_size, classes, device)
+            gens = (
+                generator
+                if isinstance(generator, list)
+                else [generator] * (1 if generator is not None else 0)
+            )
+            if len(gens) > 1:
+                return torch.cat(
+                    [torch.randint(0, classes, (1,), generator=g, device=g.device) for g in gens]
+                ).to(device)
+            gen_device = gens[0].device if gens else device
+            return torch.randint(
+                0, classes, (batch_size,), generator=gens[0] if gens else None, device=gen_device
+            ).to(device)
+        labels = torch.as_tensor(labels)
+        if (
+            labels.dtype.is_floating_point
+            or labels.dtype == torch.bool
+            or tuple(labels.shape) != (batch_size,)
+        ):
+            raise ValueError(
+                f"class_labels must be {batch_size} integers (one per image), got {tuple(labels.shape)} {labels.dtype}"
+            )
+        if bool(((labels < 0) | (labels >= classes)).any()):
+            raise ValueError(f"class_labels must lie in [0, {classes})")
+        return labels.to(device=device, dtype=torch.int64)
+
+    def _num_classes(self) -> int | None:
+        embedding = getattr(self.unet, "label_emb", None) or getattr(self.unet, "class_embedding", None)
+        return embedding.num_embeddings if embedding is not None else None
+
     def _step_options(self, scheduler, sampler: str, use_clipped_model_output: bool) -> dict[str, Any]:
+        if isinstance(scheduler, GaussianDiffusion):
+            return scheduler.step_options(sampler)
         options = {
             "kind": sampler,
             "prediction_type": scheduler.config.prediction_type,
@@ -323,7 +424,7 @@ class Pipeline:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
-        train_steps = self.scheduler.config.num_train_timesteps
+        train_steps = len(self.scheduler)
         if steps is not None and not (isinstance(steps, int) and 1 <= steps <= train_steps):
             raise ValueError(f"num_inference_steps must be an integer in [1, {train_steps}], got {steps!r}")
         if not 0.0 <= float(eta):
@@ -371,12 +472,15 @@ def numpy_to_pil(images: np.ndarray) -> list:
 
 def load(path: str | os.PathLike | None = None, device=None, dtype=None, **overrides) -> Pipeline:
     """A Pipeline from a checkpoint: a diffusers folder, a google/ddpm-* folder, an original DDPM .ckpt /
-    .pth / .pt, or a Hub id; None gives the built-in digits model.
+    .pth / .pt, an OpenAI ADM .pt (improved-/guided-diffusion) with their README's flags as keyword
+    arguments (``num_channels=256, learn_sigma=True, ...``), or a Hub id; None gives the built-in digits
+    model.
 
     device: None (the CPU), "cpu", "cuda" (the current GPU), "cuda:K", or a torch.device; a CUDA device this
     machine lacks is a ValueError naming it.
     dtype of the network (the sampler state stays float32): None (float32), "fp32" / "float32", "bf16" /
     "bfloat16", "fp16" / "float16" / "half", or torch.float32 / torch.bfloat16 / torch.float16.
-    overrides: sample_size=, and any DDPM/DDIM scheduler config key (beta_schedule=, prediction_type=, ...).
+    overrides: sample_size=, any DDPM/DDIM scheduler config key (beta_schedule=, prediction_type=, ...),
+    or an ADM checkpoint's flags.
     """
     return Pipeline.from_pretrained(path, device=device, dtype=dtype, **overrides)

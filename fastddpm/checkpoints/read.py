@@ -6,7 +6,9 @@ a. a diffusers pipeline folder: model_index.json, unet/{config.json, weights}, s
 b. the flat layout of the google/ddpm-* repositories: config.json, diffusion_pytorch_model.safetensors (or
    .bin), scheduler_config.json in one folder, including the pre-0.14 attention names
    query / key / value / proj_attn (diffusers renames them the same way on load);
-c. an original DDPM checkpoint file (.ckpt / .pth / .pt / .bin, or .safetensors) in the
+c. an ADM checkpoint file of OpenAI's improved-/guided-diffusion (input_blocks.*, middle_block.*,
+   output_blocks.*) with their README's flags as keyword arguments, see adm.py;
+c'. an original DDPM checkpoint file (.ckpt / .pth / .pt / .bin, or .safetensors) in the
    pesser/pytorch_diffusion / ermongroup/ddim layout, see original.py;
 d. a Hub id such as google/ddpm-cifar10-32 (not an existing path), see hub.py.
 
@@ -24,6 +26,8 @@ from typing import Any
 
 import torch
 
+from fastddpm.checkpoints.adm import is_adm_layout, read_adm
+from fastddpm.checkpoints.adm_flags import FLAG_DEFAULTS, IGNORED_FLAGS
 from fastddpm.checkpoints.files import (
     PICKLE_SUFFIXES,
     CheckpointError,
@@ -42,6 +46,7 @@ from fastddpm.checkpoints.original import (
     paper_scheduler_config,
     unwrap_original,
 )
+from fastddpm.models.adm_unet import AdmUNet
 from fastddpm.models.unet import UNet2D
 from fastddpm.models.unet_config import normalise_config
 
@@ -56,7 +61,7 @@ _LEGACY_TARGET = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": 
 
 @dataclass
 class LoadedCheckpoint:
-    unet: UNet2D
+    unet: UNet2D | AdmUNet
     scheduler_config: dict[str, Any]
     source: str  # the format and the file or folder it came from
 
@@ -70,10 +75,13 @@ def read_checkpoint(
 ) -> LoadedCheckpoint:
     """Read any supported checkpoint (see the module docstring); weights land on ``device`` in ``dtype``
     (default: CPU, float32)."""
-    unknown = sorted(k for k in overrides if k != "sample_size" and k not in SCHEDULER_KEYS)
+    adm_flags = {k: v for k, v in overrides.items() if k in FLAG_DEFAULTS or k in IGNORED_FLAGS}
+    unknown = sorted(
+        k for k in overrides if k != "sample_size" and k not in SCHEDULER_KEYS and k not in adm_flags
+    )
     if unknown:
         raise ValueError(
-            f"override {unknown[0]!r} is neither sample_size nor a DDPM/DDIM scheduler config key"
+            f"override {unknown[0]!r} is neither sample_size, a DDPM/DDIM scheduler config key nor an ADM flag"
         )
     text = os.fspath(path)
     location = Path(text).expanduser()
@@ -85,12 +93,22 @@ def read_checkpoint(
     else:
         raise CheckpointError(f"{text}: no such file or folder")
 
+    if not location.is_dir():
+        obj = _load_file(location)
+        if is_adm_layout(obj):
+            flags = {k: v for k, v in overrides.items() if k != "sample_size"}
+            unet, scheduler = read_adm(obj, location, flags, overrides.get("sample_size"), device, dtype)
+            return LoadedCheckpoint(unet, scheduler, f"ADM checkpoint {source_prefix}{location}")
+    if adm_flags:
+        raise ValueError(
+            f"flag {sorted(adm_flags)[0]!r} applies to ADM checkpoints only, and {text} is not one"
+        )
     if location.is_dir():
         kind, config, state, scheduler, where = _read_diffusers_folder(location)
     else:
         kind, config, state, scheduler, where = (
             "original DDPM checkpoint",
-            *_read_original_file(location, overrides),
+            *_read_original_file(obj, location, overrides),
         )
 
     if "sample_size" in overrides:
@@ -139,15 +157,17 @@ def _read_unet_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _read_original_file(path: Path, overrides: dict[str, Any]):
+def _load_file(path: Path) -> Any:
     if path.suffix == ".safetensors":
-        obj = load_safetensors(path)
-    elif path.suffix in PICKLE_SUFFIXES:
-        obj = load_pickle(path)
-    else:
-        raise CheckpointError(
-            f"{path}: unknown checkpoint file type {path.suffix!r} (expected .ckpt/.pth/.pt/.bin)"
-        )
+        return load_safetensors(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        return load_pickle(path)
+    raise CheckpointError(
+        f"{path}: unknown checkpoint file type {path.suffix!r} (expected .ckpt/.pth/.pt/.bin)"
+    )
+
+
+def _read_original_file(obj: Any, path: Path, overrides: dict[str, Any]):
     if isinstance(obj, dict) and obj and not is_original_layout(obj) and "conv_in.weight" in obj:
         raise CheckpointError(
             f"{path}: a diffusers-named state dict needs its config.json; pass the folder instead"

@@ -38,12 +38,15 @@ def checkpoint_path(checkpoint: str | None, argument: str = "checkpoint") -> str
         raise CliError(f"{argument} {_one_line(str(error))}") from None
 
 
-def load_pipeline(path: str, device: str, dtype: str):
-    """fastddpm.load, with any failure to read the checkpoint turned into one line of bad input."""
+def load_pipeline(path: str, device: str, dtype: str, flags: str | None = None):
+    """fastddpm.load, with any failure to read the checkpoint turned into one line of bad input.
+
+    ``flags``: an ADM checkpoint's flag string as their README writes it, passed as keyword flags."""
     from fastddpm import pipeline
+    from fastddpm.checkpoints.adm_flags import parse_flag_string
 
     try:
-        pipe = pipeline.load(path)
+        pipe = pipeline.load(path, **(parse_flag_string(flags) if flags else {}))
     except Exception as error:  # a corrupt file raises whatever its parser raises
         message = _one_line(str(error)) or type(error).__name__
         # The readers' messages start with the path already: say it once.

@@ -27,12 +27,14 @@ def gflop_per_step(pipe) -> float:
     os.environ["FASTDDPM_BACKEND"] = "torch"
     try:
         x = torch.zeros(1, *pipe.sample_shape(), device=pipe.device, dtype=pipe.dtype)
-        t = torch.tensor(pipe.scheduler.config.num_train_timesteps // 2, device=pipe.device)
+        t = torch.tensor(len(pipe.scheduler) // 2, device=pipe.device)
+        conditional = pipe._num_classes() is not None  # class 0: the cost does not depend on the class
+        labels = {"class_labels": torch.zeros(1, dtype=torch.long, device=pipe.device)} if conditional else {}
         # Grad mode keeps fastddpm.models.conv on nn.Conv2d (aten.convolution, which the counter knows) instead of
         # its CPU inference paths (oneDNN's opaque op, or Winograd, which does fewer multiply-adds): the
         # count is the network's, whatever algorithm computes it.
         with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-            pipe.unet(x, t)
+            pipe.unet(x, t, **labels)
         return counter.get_total_flops() / 1e9
     finally:
         if previous is None:
@@ -68,6 +70,8 @@ def _plain(value):
 
 def as_text(info: dict) -> str:
     unet, scheduler = info["unet"], info["scheduler"]
+    if "num_channels" in unet:  # an ADM checkpoint: their flags say it all
+        return adm_text(info)
     channels, height, width = info["sample_shape"]
     levels = ", ".join(
         f"{out} {'+attn' if 'Attn' in block else ''}".strip()
@@ -87,9 +91,32 @@ def as_text(info: dict) -> str:
     return "\n".join(lines)
 
 
+def adm_text(info: dict) -> str:
+    unet, scheduler = info["unet"], info["scheduler"]
+    channels, height, width = info["sample_shape"]
+    heads = (
+        f"{unet['num_head_channels']} channels per head"
+        if unet["num_head_channels"] != -1
+        else f"{unet['num_heads']} head(s)"
+    )
+    lines = [
+        f"checkpoint   {info['checkpoint']} (ADM, improved-/guided-diffusion)",
+        f"sample       {channels} x {height} x {width}",
+        f"unet         {unet['num_channels']} channels x {unet['channel_mult']}, {unet['num_res_blocks']} resblocks "
+        f"per level, attention at {unet['attention_resolutions']} px ({heads}), scale-shift norm "
+        f"{unet['use_scale_shift_norm']}, resblock up/down {unet['resblock_updown']}, class_cond {unet['class_cond']}",
+        f"parameters   {info['parameters']:,} ({info['megabytes_float32']} MB in float32)",
+        f"diffusion    {scheduler['diffusion_steps']} steps, {scheduler['noise_schedule']} betas, learn_sigma "
+        f"{scheduler['learn_sigma']}, predict_xstart {scheduler['predict_xstart']}, rescale_timesteps "
+        f"{scheduler['rescale_timesteps']}, respacing {scheduler['timestep_respacing'] or 'none'}",
+        f"GFLOP/step   {info['gflop_per_step']:.4g} at batch 1 ({info['flop_counting']})",
+    ]
+    return "\n".join(lines)
+
+
 def run_info(args) -> int:
     path = checkpoint_path(args.checkpoint)
-    pipe = load_pipeline(path, "cpu", "float32")
+    pipe = load_pipeline(path, "cpu", "float32", args.flags)
     info = describe(path, pipe)
     print(json.dumps(info) if args.json else as_text(info))
     return 0
@@ -103,11 +130,21 @@ def run_convert(args) -> int:
     parent = os.path.dirname(destination)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise CliError(f"destination folder {parent} does not exist or is not writable")
-    pipe = load_pipeline(source, "cpu", "float32")
+    pipe = load_pipeline(source, "cpu", "float32", args.flags)
+    write = pipe.save_pretrained
+    if getattr(pipe.scheduler, "kind", "") == "adm":
+        from fastddpm.checkpoints import save_diffusers
+        from fastddpm.checkpoints.adm_to_diffusers import NotExpressible, as_diffusers
+
+        try:
+            unet, scheduler = as_diffusers(pipe.unet, pipe.scheduler_config)
+        except NotExpressible as error:
+            raise CliError(f"{source}: diffusers' UNet2DModel cannot express this ADM net: {error}") from None
+        write = lambda folder: save_diffusers(unet, scheduler, folder)  # noqa: E731
     # Written next to the destination, then renamed: an interrupted convert leaves no half folder.
     staging = os.path.join(parent, f".{os.path.basename(destination)}.{os.getpid()}.tmp")
     try:
-        pipe.save_pretrained(staging)
+        write(staging)
         if os.path.isdir(destination):
             os.rmdir(destination)
         os.replace(staging, destination)

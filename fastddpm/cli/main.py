@@ -78,6 +78,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     _add_threads_option(parser)
 
 
+def _add_flags_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--flags",
+        default=None,
+        help="an ADM (.pt of improved-/guided-diffusion) checkpoint's flags, as their README writes them: "
+        '"--image_size 256 --num_channels 256 --learn_sigma True ..." (MODEL_FLAGS and DIFFUSION_FLAGS)',
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastddpm import __version__
 
@@ -137,15 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="enlarge the grid's pixels K times, nearest neighbour (default: about 512 px on the longer side)",
     )
     _add_model_options(sample)
+    _add_flags_option(sample)
 
     convert = commands.add_parser("convert", help="write any readable checkpoint as a diffusers folder")
     convert.add_argument("source", help="checkpoint file or folder")
     convert.add_argument("destination", help="new diffusers pipeline folder (must not exist or be empty)")
+    _add_flags_option(convert)
 
     info = commands.add_parser("info", help="architecture, parameters, scheduler, GFLOP per step")
     info.add_argument("checkpoint", nargs="?", help="checkpoint (default: the embedded model)")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     _add_threads_option(info)
+    _add_flags_option(info)
 
     bench = commands.add_parser("bench", help="a short throughput table: fastddpm vs diffusers")
     bench.add_argument("checkpoint", nargs="?", help="checkpoint (default: the embedded model)")

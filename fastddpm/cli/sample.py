@@ -24,7 +24,9 @@ DEFAULT_DDIM_STEPS = 50
 
 
 def resolve_steps(pipe, sampler: str, steps: int | None) -> int:
-    train_steps = int(pipe.scheduler.config.num_train_timesteps)
+    train_steps = len(pipe.scheduler)
+    if steps is None and getattr(pipe.scheduler, "kind", "") == "adm":
+        return None  # their flags' timestep_respacing (all steps without one)
     if steps is None:
         return train_steps if sampler == "ddpm" else min(DEFAULT_DDIM_STEPS, train_steps)
     if not 1 <= steps <= train_steps:
@@ -86,7 +88,7 @@ def run_sample(args) -> int:
     args.eta = check_eta(args.sampler, args.eta)
     check_grid(args.grid)
     path = checkpoint_path(args.checkpoint)
-    pipe = load_pipeline(path, device_for(share, args.device), args.dtype)
+    pipe = load_pipeline(path, device_for(share, args.device), args.dtype, args.flags)
     steps = resolve_steps(pipe, args.sampler, args.steps)
     # The folder only after the checkpoint and settings passed: bad input leaves no empty folder behind.
     folder = prepare_folder(args.out)
@@ -102,6 +104,7 @@ def run_sample(args) -> int:
         "dtype": args.dtype,
         "noise": "philox",
         "format": args.format,
+        **({"flags": args.flags} if args.flags else {}),  # an ADM checkpoint's flags change its images
     }
     from fastddpm import __version__
 

@@ -29,6 +29,7 @@ class SamplingLoop:
         noise_mode: str,
         seed: int,
         memory_format: torch.memory_format = torch.contiguous_format,
+        class_conditional: bool = False,
     ) -> None:
         device = table.device
         self.unet = unet
@@ -49,13 +50,18 @@ class SamplingLoop:
         self.step_index = torch.zeros(1, dtype=torch.int64, device=device)
         self.sample_offset = torch.zeros((), dtype=torch.int64, device=device)
         self.noise = torch.zeros_like(self.x) if noise_mode == "torch" else None
+        # a class-conditional net's labels, copied in per batch like x_T
+        self.class_labels = (
+            torch.zeros(shape[0], dtype=torch.int64, device=device) if class_conditional else None
+        )
 
     def step(self) -> None:
         """x <- sampler_step(unet(x, t[i]), x, table[i], noise); i += 1. Sync-free and allocation-stable."""
         index = self.step_index
         t = self.timesteps.index_select(0, index).expand(self.shape[0])
         coeffs = self.table.index_select(0, index).squeeze(0)
-        model_output = self.unet(self.x.to(self.net_dtype), t)
+        labels = {} if self.class_labels is None else {"class_labels": self.class_labels}
+        model_output = self.unet(self.x.to(self.net_dtype), t, **labels)
         if self.mean_channels is not None and model_output.shape[1] != self.mean_channels:
             model_output = model_output[:, : self.mean_channels]
         if self.noise_mode == "philox":
@@ -66,8 +72,10 @@ class SamplingLoop:
         self.x.copy_(prev)
         self.step_index.add_(1)
 
-    def start(self, x_T: torch.Tensor, sample_offset: int) -> None:
+    def start(self, x_T: torch.Tensor, sample_offset: int, class_labels: torch.Tensor | None = None) -> None:
         self.x.copy_(x_T)
+        if self.class_labels is not None:
+            self.class_labels.copy_(class_labels)
         self.step_index.zero_()
         self.sample_offset.fill_(sample_offset)
 
@@ -79,10 +87,11 @@ class SamplingLoop:
         draw_noise: Callable[[], torch.Tensor] | None,
         step: Callable[[], None] | None = None,
         progress=None,
+        class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """All steps from x_T; ``draw_noise`` fills the torch-mode noise for steps that add noise (on the
         host's schedule, so a shared torch.Generator is drawn exactly when diffusers draws it)."""
-        self.start(x_T, sample_offset)
+        self.start(x_T, sample_offset, class_labels)
         step = step or self.step
         for adds_noise in noise_on:
             if adds_noise and draw_noise is not None:

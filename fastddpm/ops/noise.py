@@ -124,3 +124,19 @@ def randn_tensor(
         parts = [torch.randn(one, generator=g, device=rand_device, dtype=dtype) for g in generator]
         return torch.cat(parts).to(device)
     return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
+
+
+CLASS_LABEL_STREAM = 0xFFFFFFFF  # a stream no reverse step reaches (step streams are 1..steps)
+
+
+def philox_class_labels(
+    seed: int, sample_offset: int, batch: int, num_classes: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Uniform class labels in [0, num_classes), int64 (batch,): sample b's label depends only on (seed,
+    sample_offset + b). From Philox word r0 at counter (0, sample index, CLASS_LABEL_STREAM, 0), as
+    (r0 * num_classes) >> 32 (Lemire's multiply-shift: no modulo, bias below num_classes / 2^32)."""
+    sample = (torch.arange(batch, dtype=torch.int64, device=device) + sample_offset) & _MASK32
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    stream = torch.full((), CLASS_LABEL_STREAM, dtype=torch.int64, device=device)
+    r0, _, _, _ = philox4x32(zero, sample, stream, zero, seed)
+    return (r0 * num_classes) >> 32
