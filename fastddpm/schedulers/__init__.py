@@ -1,8 +1,9 @@
 """diffusers-compatible schedulers: one module per sampler family, each with the builder of its step-table
 rows (the per-step coefficients the fused updates read, ops/step_columns.py)."""
 
-from fastddpm.schedulers.base import SchedulerConfig, SchedulerOutput
+from fastddpm.schedulers.base import SchedulerOutput
+from fastddpm.schedulers.config_mixin import FrozenConfig
 from fastddpm.schedulers.ddim import DDIMScheduler
 from fastddpm.schedulers.ddpm import DDPMScheduler
 
-__all__ = ["DDIMScheduler", "DDPMScheduler", "SchedulerConfig", "SchedulerOutput"]
+__all__ = ["DDIMScheduler", "DDPMScheduler", "FrozenConfig", "SchedulerOutput"]
