@@ -1,9 +1,16 @@
 """diffusers-compatible schedulers: one module per sampler family, each with the builder of its step-table
-rows (the per-step coefficients the fused updates read, ops/step_columns.py)."""
+rows (the per-step coefficients the fused updates read, ops/step_columns.py) where the engine runs it."""
 
 from fastddpm.schedulers.base import SchedulerOutput
 from fastddpm.schedulers.config_mixin import FrozenConfig
 from fastddpm.schedulers.ddim import DDIMScheduler
 from fastddpm.schedulers.ddpm import DDPMScheduler
+from fastddpm.schedulers.dpm_solver import DPMSolverMultistepScheduler
 
-__all__ = ["DDIMScheduler", "DDPMScheduler", "FrozenConfig", "SchedulerOutput"]
+__all__ = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "FrozenConfig",
+    "SchedulerOutput",
+]
