@@ -6,11 +6,16 @@ from fastddpm.schedulers.config_mixin import FrozenConfig
 from fastddpm.schedulers.ddim import DDIMScheduler
 from fastddpm.schedulers.ddpm import DDPMScheduler
 from fastddpm.schedulers.dpm_solver import DPMSolverMultistepScheduler
+from fastddpm.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from fastddpm.schedulers.heun import HeunDiscreteScheduler
 
 __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
     "FrozenConfig",
+    "HeunDiscreteScheduler",
     "SchedulerOutput",
 ]

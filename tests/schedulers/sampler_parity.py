@@ -1,5 +1,7 @@
 """Run one of fastddpm's schedulers and diffusers' class of the same name side by side over a full loop."""
 
+import inspect
+
 import diffusers
 import torch
 
@@ -18,9 +20,11 @@ def run(scheduler, steps: int, seed: int = 0, model=dummy_model):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(SHAPE, generator=generator) * scheduler.init_noise_sigma
     trace = []
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(x, t)
-        x = scheduler.step(model(model_input, t), t, x, generator=generator).prev_sample
+        kwargs = {"generator": generator} if takes_generator else {}
+        x = scheduler.step(model(model_input, t), t, x, **kwargs).prev_sample
         trace.append((float(t), x))
     return trace
 
