@@ -20,6 +20,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DDIMScheduler": "schedulers",
     "DDPMScheduler": "schedulers",
+    "DPMSolverMultistepScheduler": "schedulers",
+    "EulerAncestralDiscreteScheduler": "schedulers",
+    "EulerDiscreteScheduler": "schedulers",
+    "HeunDiscreteScheduler": "schedulers",
     "SchedulerOutput": "schedulers",
     "Pipeline": "pipeline",
     "PipelineOutput": "pipeline",
@@ -42,6 +46,10 @@ def __dir__() -> list[str]:
 __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
     "Pipeline",
     "PipelineOutput",
     "SchedulerOutput",

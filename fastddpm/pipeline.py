@@ -20,13 +20,16 @@ from tqdm.auto import tqdm
 from fastddpm.engine.auto_batch import auto_batch_size
 from fastddpm.engine.cuda_graph import capture_step
 from fastddpm.engine.sampling_loop import SamplingLoop
+from fastddpm.engine.scheduler_loop import run_scheduler_loop
 from fastddpm.ops import noise as noise_module
 from fastddpm.ops.noise import randn_tensor
 from fastddpm.ops.step_columns import NOISE_ON
-from fastddpm.schedulers import DDIMScheduler, DDPMScheduler
+from fastddpm.schedulers import DDPMScheduler, samplers
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = samplers.NAMES
+GRAPHED_SAMPLERS = ("ddpm", "ddim")  # the others run in the eager scheduler loop (engine/scheduler_loop.py)
+DEFAULT_FAST_SAMPLER_STEPS = 50  # as diffusers' DDIMPipeline; the multistep solvers do well with 10-25
 NOISE_MODES = ("torch", "philox")
 OUTPUT_TYPES = ("pil", "np", "pt")
 _DTYPES = {
@@ -130,11 +133,9 @@ class Pipeline:
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         return (self.config["in_channels"], height, width)
 
-    def make_scheduler(self, sampler: str) -> DDPMScheduler | DDIMScheduler:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
-        cls = DDPMScheduler if sampler == "ddpm" else DDIMScheduler
-        return cls.from_config(self.scheduler_config)
+    def make_scheduler(self, sampler: str, config: dict[str, Any] | None = None, karras: bool = False):
+        """The scheduler a sampler name stands for, from the checkpoint's (or the given) scheduler config."""
+        return samplers.make(sampler, self.scheduler_config if config is None else config, karras)
 
     # ---------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -142,7 +143,7 @@ class Pipeline:
         self,
         batch_size: int | str = 1,
         num_inference_steps: int | None = None,
-        sampler: str = "ddpm",
+        sampler: str | Any | None = None,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         seed: int | None = None,
@@ -155,8 +156,15 @@ class Pipeline:
         compile: bool = False,
         channels_last: bool | None = None,
         return_dict: bool = True,
+        karras: bool = False,
     ) -> PipelineOutput | tuple:
         """Sample ``batch_size`` images.
+
+        sampler: a name (ddpm, ddim, pndm, dpm++2m, dpm++3m, dpm++2m-sde, unipc, euler, euler-a, heun, deis;
+        built from the checkpoint's scheduler config, with Karras sigmas when ``karras``), a fastddpm
+        scheduler instance, or None: ``pipe.scheduler`` (a DDPMScheduler of the checkpoint's config unless
+        replaced, e.g. ``pipe.scheduler = fastddpm.UniPCMultistepScheduler.from_config(pipe.scheduler.config)``).
+        DDPM and DDIM run in the graphed, sync-free loop; the other samplers run diffusers' loop eagerly.
 
         noise="torch" draws x_T and every step's noise from ``generator`` (or a CPU generator seeded with
         ``seed``) exactly as diffusers' DDPMPipeline / DDIMPipeline do, so the images match theirs.
@@ -170,12 +178,38 @@ class Pipeline:
         """
         if batch_size == "auto":
             batch_size = auto_batch_size(self.unet, self.sample_shape(), self.dtype)
+        scheduler_config = None
+        if sampler is None:
+            sampler = self.scheduler
+        if not isinstance(sampler, str):
+            instance = sampler
+            sampler = getattr(instance, "kind", None)
+            if sampler not in GRAPHED_SAMPLERS:
+                return self._call_scheduler(
+                    instance, batch_size, num_inference_steps, generator, seed, noise, output_type, progress,
+                    sample_offset, return_dict,
+                )  # fmt: skip
+            if karras:
+                raise ValueError(
+                    "karras=True applies to sampler names; this scheduler instance has its own config"
+                )
+            scheduler_config = {k: v for k, v in instance.config.items() if not k.startswith("_")}
+        elif sampler not in GRAPHED_SAMPLERS and sampler in SAMPLERS:
+            instance = self.make_scheduler(sampler, karras=karras)
+            return self._call_scheduler(
+                instance, batch_size, num_inference_steps, generator, seed, noise, output_type, progress,
+                sample_offset, return_dict,
+            )  # fmt: skip
+        elif karras and sampler in GRAPHED_SAMPLERS:
+            raise ValueError(
+                f"sampler {sampler!r} has no Karras sigmas (karras=True needs one of: {samplers.karras_names()})"
+            )
         self._check_call(
             batch_size, num_inference_steps, sampler, eta, noise, output_type, seed, sample_offset
         )
         device = self.device
         scheduler, timesteps_host, noise_on, table, timesteps = self._schedule_for(
-            sampler, num_inference_steps, float(eta), device
+            sampler, num_inference_steps, float(eta), device, scheduler_config
         )
         shape = (batch_size, *self.sample_shape())
 
@@ -216,12 +250,13 @@ class Pipeline:
         images = to_output(x, output_type)
         return PipelineOutput(images) if return_dict else (images,)
 
-    def _schedule_for(self, sampler: str, steps: int | None, eta: float, device: torch.device):
+    def _schedule_for(self, sampler: str, steps: int | None, eta: float, device: torch.device, config=None):
         """The scheduler, timesteps, noise flags and device step table for these settings, built once:
         a 1000-step DDPM table takes ~0.2 s of host work, which the CLI would otherwise pay per batch."""
-        key = (sampler, steps, eta, device, repr(sorted(self.scheduler_config.items())))
+        config = self.scheduler_config if config is None else config
+        key = (sampler, steps, eta, device, repr(sorted(config.items())))
         if key not in self._schedules:
-            scheduler = self.make_scheduler(sampler)
+            scheduler = self.make_scheduler(sampler, config)
             if steps is None:
                 steps = scheduler.config.num_train_timesteps if sampler == "ddpm" else 50
             scheduler.set_timesteps(steps)
@@ -235,6 +270,47 @@ class Pipeline:
                 scheduler.timesteps.to(device),
             )
         return self._schedules[key]
+
+    def _call_scheduler(
+        self,
+        scheduler,
+        batch_size,
+        steps,
+        generator,
+        seed,
+        noise,
+        output_type,
+        progress,
+        sample_offset,
+        return_dict,
+    ):
+        """Any other scheduler: diffusers' loop (engine/scheduler_loop.py), eagerly."""
+        name = type(scheduler).__name__
+        if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
+            raise TypeError(f"sampler must be a name or a scheduler with set_timesteps and step, got {name}")
+        self._check_call(batch_size, steps, "ddim", 0.0, noise, output_type, seed, sample_offset)
+        device = self.device
+        scheduler.set_timesteps(DEFAULT_FAST_SAMPLER_STEPS if steps is None else steps, device=device)
+        shape = (batch_size, *self.sample_shape())
+        philox_noise = None
+        if noise == "philox":
+            seed = 0 if seed is None else seed
+            x = noise_module.philox_normal(seed, sample_offset, batch_size, shape[1:], 0, device=device)
+            # step i's noise: Philox stream i + 1, as the graphed loop's steps use
+            philox_noise = (
+                lambda i: noise_module.philox_normal(  # noqa: E731
+                    seed, sample_offset, batch_size, shape[1:], i + 1, device=device
+                )
+            )
+        else:
+            if generator is None and seed is not None:
+                generator = torch.Generator("cpu").manual_seed(seed)
+            x = randn_tensor(shape, generator, device, torch.float32)
+        total = len(scheduler.timesteps)
+        with tqdm(total=total, disable=not progress, desc=f"fastddpm {name}", leave=False) as bar:
+            x = run_scheduler_loop(self.unet, scheduler, x, self.dtype, generator, philox_noise, progress=bar)
+        images = to_output(x, output_type)
+        return PipelineOutput(images) if return_dict else (images,)
 
     def _loop_for(self, key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile):
         """The cached SamplingLoop (and its graph replay, or None for eager) for this call's settings."""

@@ -166,7 +166,7 @@ def test_loop_step_does_no_host_sync(small_unet, noise, monkeypatch):
     "kwargs,message",
     [
         ({"batch_size": 0}, "batch_size"),
-        ({"sampler": "euler"}, "sampler"),
+        ({"sampler": "lms"}, "sampler"),
         ({"num_inference_steps": 201}, "num_inference_steps"),
         ({"noise": "sobol"}, "noise"),
         ({"output_type": "jpg"}, "output_type"),

@@ -87,10 +87,6 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
                 f"scheduler config field final_sigmas_type='zero' needs algorithm_type dpmsolver++ or "
                 f"sde-dpmsolver++, not {c.algorithm_type!r}: set final_sigmas_type='sigma_min'"
             )
-        if variance_type not in (None, "learned", "learned_range"):
-            raise ValueError(
-                f"scheduler config field variance_type={variance_type!r} is not learned or learned_range"
-            )
         self._setup_schedule(
             {"use_flow_sigmas": use_flow_sigmas, "use_dynamic_shifting": use_dynamic_shifting}
         )

@@ -178,7 +178,10 @@ class EulerAncestralDiscreteScheduler(DiscreteSigmaScheduler):
         sample: torch.Tensor,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
+        variance_noise: torch.Tensor | None = None,
     ) -> SchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One ancestral step; ``variance_noise`` (a fastddpm extension, as DPMSolver's) replaces the
+        draw from ``generator`` (the pipeline's Philox noise)."""
         self._refuse_integer_timestep(timestep)
         self._start_step(timestep)
         sigma = self.sigmas[self.step_index]
@@ -189,7 +192,10 @@ class EulerAncestralDiscreteScheduler(DiscreteSigmaScheduler):
         sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
         derivative = (sample - x0) / sigma
         prev = sample + derivative * (sigma_down - sigma)
-        noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
+        if variance_noise is not None:
+            noise = variance_noise.to(device=model_output.device, dtype=model_output.dtype)
+        else:
+            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
         prev = (prev + noise * sigma_up).to(model_output.dtype)
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
