@@ -20,6 +20,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DDIMScheduler": "schedulers",
     "DDPMScheduler": "schedulers",
+    "PNDMScheduler": "schedulers",
+    "UniPCMultistepScheduler": "schedulers",
+    "DEISMultistepScheduler": "schedulers",
     "DPMSolverMultistepScheduler": "schedulers",
     "EulerAncestralDiscreteScheduler": "schedulers",
     "EulerDiscreteScheduler": "schedulers",
@@ -46,6 +49,9 @@ def __dir__() -> list[str]:
 __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
+    "PNDMScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",

@@ -5,17 +5,23 @@ from fastddpm.schedulers.base import SchedulerOutput
 from fastddpm.schedulers.config_mixin import FrozenConfig
 from fastddpm.schedulers.ddim import DDIMScheduler
 from fastddpm.schedulers.ddpm import DDPMScheduler
+from fastddpm.schedulers.deis import DEISMultistepScheduler
 from fastddpm.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from fastddpm.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from fastddpm.schedulers.heun import HeunDiscreteScheduler
+from fastddpm.schedulers.pndm import PNDMScheduler
+from fastddpm.schedulers.unipc import UniPCMultistepScheduler
 
 __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
+    "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FrozenConfig",
     "HeunDiscreteScheduler",
+    "PNDMScheduler",
     "SchedulerOutput",
+    "UniPCMultistepScheduler",
 ]
