@@ -20,6 +20,7 @@ class DiscreteSigmaScheduler(ConfigMixin):
     order = 1
     _compatibles = ALL_SCHEDULERS
     prediction_types = ("epsilon", "sample", "v_prediction")
+    beta_schedules = schedules.BETA_SCHEDULES
 
     def _setup_schedule(self) -> None:
         c = self.config
@@ -33,10 +34,10 @@ class DiscreteSigmaScheduler(ConfigMixin):
                 f"scheduler config field timestep_spacing={c.timestep_spacing!r} is not one of "
                 f"{', '.join(TIMESTEP_SPACINGS)}"
             )
-        if c.trained_betas is None and c.beta_schedule not in schedules.BETA_SCHEDULES:
+        if c.trained_betas is None and c.beta_schedule not in self.beta_schedules:
             raise ValueError(
                 f"scheduler config field beta_schedule={c.beta_schedule!r} is not one of "
-                f"{', '.join(schedules.BETA_SCHEDULES)}"
+                f"{', '.join(self.beta_schedules)}"
             )
         sigmas.spacing_of(c)
         betas = schedules.make_betas(
@@ -77,11 +78,25 @@ class DiscreteSigmaScheduler(ConfigMixin):
     def set_begin_index(self, begin_index: int = 0) -> None:
         self._begin_index = begin_index
 
-    def _check_steps(self, num_inference_steps: int | None, kwargs: dict[str, Any]) -> int:
-        extra = {k: v for k, v in kwargs.items() if v is not None}
+    def _check_steps(self, num_inference_steps: int | None, kwargs: dict[str, Any], custom=()) -> int:
+        """The step count; ``custom``: the names of set_timesteps' list arguments this class takes
+        (timesteps, sigmas), at most one of which, or num_inference_steps, may be given."""
+        extra = {k: v for k, v in kwargs.items() if v is not None and k not in custom}
         if extra:
             raise ValueError(f"set_timesteps argument {next(iter(extra))!r} is not supported by fastddpm")
-        if num_inference_steps is None or int(num_inference_steps) < 1:
+        given = [k for k in custom if kwargs.get(k) is not None]
+        if len(given) + (num_inference_steps is not None) != 1:
+            raise ValueError(
+                f"pass exactly one of num_inference_steps, {', '.join(custom) or '(nothing else)'}"
+            )
+        if given:
+            if sigmas.spacing_of(self.config) is not None:
+                raise ValueError(
+                    f"set_timesteps({given[0]}=...) cannot be combined with the config's sigma spacing"
+                )
+            values = kwargs[given[0]]
+            return len(values) - 1 if given[0] == "sigmas" else len(values)
+        if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         return int(num_inference_steps)
 
@@ -136,8 +151,7 @@ class DiscreteSigmaScheduler(ConfigMixin):
         return sample / ((sigma**2 + 1) ** 0.5)
 
     def _start_step(self, timestep: float | torch.Tensor) -> None:
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps before step")
+        # Without set_timesteps the schedule is every training timestep (as in diffusers).
         if self._step_index is None:
             self._init_step_index(timestep)
 

@@ -31,6 +31,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
 
     kind = "dpm_solver"
     karras_rounds_always = False
+    takes_custom_timesteps = True
     final_sigma_from_spacing = False
 
     @register_to_config

@@ -80,23 +80,33 @@ class EulerDiscreteScheduler(DiscreteSigmaScheduler):
     def set_timesteps(
         self, num_inference_steps: int | None = None, device: torch.device | str | None = None, **kwargs: Any
     ) -> None:
-        steps = self._check_steps(num_inference_steps, kwargs)
+        steps = self._check_steps(num_inference_steps, kwargs, custom=("timesteps", "sigmas"))
+        if kwargs.get("timesteps") is not None and self._continuous_v:
+            raise ValueError(
+                "set_timesteps(timesteps=...) cannot be used with continuous v_prediction timesteps"
+            )
         self.num_inference_steps = steps
-        timesteps = self._spaced_timesteps(steps)
         train = sigmas.train_sigmas(self.alphas_cumprod)
-        if self.config.interpolation_type == "linear":
-            step_sigmas = np.interp(timesteps, np.arange(0, len(train)), train)
+        if kwargs.get("sigmas") is not None:  # explicit sigmas, the final one included
+            step_sigmas = np.array(kwargs["sigmas"]).astype(np.float32)
+            timesteps = np.array([sigmas.sigma_to_t(s, np.log(train)) for s in step_sigmas[:-1]])
         else:
-            step_sigmas = torch.linspace(np.log(train[-1]), np.log(train[0]), steps + 1).exp().numpy()
-        step_sigmas, timesteps = self._spaced_sigmas(step_sigmas, timesteps, steps)
-        last = (
-            0
-            if self.config.final_sigmas_type == "zero"
-            else ((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5
-        )
-        step_sigmas = torch.from_numpy(np.concatenate([step_sigmas, [last]]).astype(np.float32)).to(
-            device=device
-        )
+            if kwargs.get("timesteps") is not None:
+                timesteps = np.array(kwargs["timesteps"]).astype(np.float32)
+            else:
+                timesteps = self._spaced_timesteps(steps)
+            if self.config.interpolation_type == "linear":
+                step_sigmas = np.interp(timesteps, np.arange(0, len(train)), train)
+            else:
+                step_sigmas = torch.linspace(np.log(train[-1]), np.log(train[0]), steps + 1).exp().numpy()
+            step_sigmas, timesteps = self._spaced_sigmas(step_sigmas, timesteps, steps)
+            last = (
+                0
+                if self.config.final_sigmas_type == "zero"
+                else ((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5
+            )
+            step_sigmas = np.concatenate([step_sigmas, [last]]).astype(np.float32)
+        step_sigmas = torch.from_numpy(step_sigmas).to(dtype=torch.float32, device=device)
         if self._continuous_v:
             self.timesteps = torch.Tensor([0.25 * s.log() for s in step_sigmas[:-1]]).to(device=device)
         else:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastddpm.schedulers import sigmas
+from fastddpm.schedulers import schedules, sigmas
 from fastddpm.schedulers.base import SchedulerOutput
 from fastddpm.schedulers.config_mixin import register_to_config
 from fastddpm.schedulers.discrete_sigma import DiscreteSigmaScheduler
@@ -25,6 +25,7 @@ class HeunDiscreteScheduler(DiscreteSigmaScheduler):
 
     kind = "heun"
     order = 2
+    beta_schedules = (*schedules.BETA_SCHEDULES, "exp")  # diffusers' Heun also has exp(-12 t)
 
     @register_to_config
     def __init__(
@@ -55,9 +56,14 @@ class HeunDiscreteScheduler(DiscreteSigmaScheduler):
     def set_timesteps(
         self, num_inference_steps: int | None = None, device: torch.device | str | None = None, **kwargs: Any
     ) -> None:
-        steps = self._check_steps(num_inference_steps, kwargs)
+        custom = kwargs.get("timesteps")
+        train = kwargs.pop("num_train_timesteps", None)
+        steps = self._check_steps(num_inference_steps, kwargs, custom=("timesteps",))
         self.num_inference_steps = steps
-        timesteps = self._spaced_timesteps(steps)
+        if custom is not None:
+            timesteps = np.array(custom, dtype=np.float32)
+        else:
+            timesteps = self._spaced_timesteps(steps, train)
         train = sigmas.train_sigmas(self.alphas_cumprod)
         step_sigmas = np.interp(timesteps, np.arange(0, len(train)), train)
         step_sigmas, timesteps = self._spaced_sigmas(step_sigmas, timesteps, steps)

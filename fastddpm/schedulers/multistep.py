@@ -27,6 +27,7 @@ class MultistepScheduler(ConfigMixin):
     _compatibles = ALL_SCHEDULERS
     karras_rounds_always = True  # DPM-Solver keeps fractional timesteps for squaredcos_cap_v2
     final_sigma_from_spacing = True  # UniPC/DEIS end a spaced schedule at its own last sigma
+    takes_custom_timesteps = False  # set_timesteps(timesteps=[...]): DPM-Solver only, as in diffusers
 
     def _setup_schedule(self, unsupported: dict[str, Any]) -> None:
         c = self.config
@@ -109,14 +110,27 @@ class MultistepScheduler(ConfigMixin):
         self, num_inference_steps: int | None = None, device: torch.device | str | None = None, **kwargs: Any
     ) -> None:
         """The step timesteps (descending, int64) and sigmas (one more: the final sigma), float32."""
+        custom = kwargs.pop("timesteps", None) if self.takes_custom_timesteps else None
         extra = {k: v for k, v in kwargs.items() if v is not None}
         if extra:
             raise ValueError(f"set_timesteps argument {next(iter(extra))!r} is not supported by fastddpm")
-        if num_inference_steps is None or int(num_inference_steps) < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         c = self.config
-        steps = int(num_inference_steps)
-        timesteps = self._spaced_timesteps(steps, self._last_timestep())
+        if custom is not None:
+            if num_inference_steps is not None:
+                raise ValueError("pass only one of num_inference_steps and timesteps")
+            if sigmas.spacing_of(c) is not None or c.get("use_lu_lambdas"):
+                raise ValueError(
+                    "set_timesteps(timesteps=...) cannot be combined with the config's sigma spacing"
+                )
+            timesteps = np.array(custom).astype(np.int64)
+            steps = len(timesteps)
+        else:
+            if num_inference_steps is None or int(num_inference_steps) < 1:
+                raise ValueError(
+                    f"num_inference_steps must be a positive integer, got {num_inference_steps!r}"
+                )
+            steps = int(num_inference_steps)
+            timesteps = self._spaced_timesteps(steps, self._last_timestep())
         train = sigmas.train_sigmas(self.alphas_cumprod)
         log_sigmas = np.log(train)
         spacing = sigmas.spacing_of(c)
