@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from fastddpm.engine.auto_batch import auto_batch_size
 from fastddpm.engine.cuda_graph import capture_step
+from fastddpm.engine.multistep_loop import MultistepLoop
 from fastddpm.engine.sampling_loop import SamplingLoop
 from fastddpm.engine.scheduler_loop import run_scheduler_loop
 from fastddpm.ops import noise as noise_module
@@ -187,7 +188,7 @@ class Pipeline:
             if sampler not in GRAPHED_SAMPLERS:
                 return self._call_scheduler(
                     instance, batch_size, num_inference_steps, generator, seed, noise, output_type, progress,
-                    sample_offset, return_dict,
+                    sample_offset, return_dict, use_cuda_graph,
                 )  # fmt: skip
             if karras:
                 raise ValueError(
@@ -198,7 +199,7 @@ class Pipeline:
             instance = self.make_scheduler(sampler, karras=karras)
             return self._call_scheduler(
                 instance, batch_size, num_inference_steps, generator, seed, noise, output_type, progress,
-                sample_offset, return_dict,
+                sample_offset, return_dict, use_cuda_graph,
             )  # fmt: skip
         elif karras and sampler in GRAPHED_SAMPLERS:
             raise ValueError(
@@ -283,8 +284,10 @@ class Pipeline:
         progress,
         sample_offset,
         return_dict,
+        use_cuda_graph=None,
     ):
-        """Any other scheduler: diffusers' loop (engine/scheduler_loop.py), eagerly."""
+        """Any other scheduler: DPM-Solver in the table-driven loop (engine/multistep_loop.py), the rest
+        in diffusers' loop, eagerly (engine/scheduler_loop.py)."""
         name = type(scheduler).__name__
         if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
             raise TypeError(f"sampler must be a name or a scheduler with set_timesteps and step, got {name}")
@@ -307,10 +310,48 @@ class Pipeline:
                 generator = torch.Generator("cpu").manual_seed(seed)
             x = randn_tensor(shape, generator, device, torch.float32)
         total = len(scheduler.timesteps)
+        table_driven = hasattr(scheduler, "step_table") and scheduler.graph_refusal() is None
         with tqdm(total=total, disable=not progress, desc=f"fastddpm {name}", leave=False) as bar:
-            x = run_scheduler_loop(self.unet, scheduler, x, self.dtype, generator, philox_noise, progress=bar)
+            if table_driven:
+                x = self._run_multistep(
+                    scheduler, x, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar
+                )
+            else:
+                x = run_scheduler_loop(
+                    self.unet, scheduler, x, self.dtype, generator, philox_noise, progress=bar
+                )
         images = to_output(x, output_type)
         return PipelineOutput(images) if return_dict else (images,)
+
+    def _run_multistep(
+        self, scheduler, x_T, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar
+    ):
+        """A DPM-Solver schedule in the table-driven, sync-free MultistepLoop (graphed on CUDA)."""
+        device = self.device
+        sde = scheduler.config.algorithm_type.startswith("sde")
+        noise_mode = noise if sde else None
+        table = scheduler.step_table().to(device)
+        timesteps = scheduler.timesteps.to(device)
+        on_cuda = device.type == "cuda"
+        use_cuda_graph = on_cuda if use_cuda_graph is None else use_cuda_graph
+        if use_cuda_graph and not on_cuda:
+            raise ValueError("use_cuda_graph=True needs the pipeline on a CUDA device")
+        key = ("multistep", shape, self.dtype, table.cpu().numpy().tobytes(), tuple(timesteps.tolist()),
+               noise_mode, seed if noise_mode == "philox" else None, bool(use_cuda_graph))  # fmt: skip
+        if key not in self._loops:
+            loop = MultistepLoop(self.unet, table, timesteps, shape, self.dtype, noise_mode, seed or 0)
+            replay = None
+            if use_cuda_graph:
+                buffers = [loop.x, loop.history, loop.step_index, loop.sample_offset]
+                replay = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+            self._loops.clear()
+            self._loops[key] = (loop, replay)
+        loop, replay = self._loops[key]
+        draw = None
+        if noise_mode == "torch":
+            draw = lambda: randn_tensor(shape, generator, device, torch.float32)  # noqa: E731
+        x_T = x_T * scheduler.init_noise_sigma
+        return loop.run(x_T, sample_offset, len(timesteps), draw, step=replay, progress=bar).clone()
 
     def _loop_for(self, key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile):
         """The cached SamplingLoop (and its graph replay, or None for eager) for this call's settings."""

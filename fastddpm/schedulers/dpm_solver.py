@@ -216,6 +216,46 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             x_t = x_t - 2.0 * (sigma_t * (phi / h - 1.0)) * D1
         return x_t + sigma_t * torch.sqrt(torch.exp(2 * h) - 1.0) * noise
 
+    def graph_refusal(self) -> str | None:
+        """Why the table-driven, graphed loop cannot run this config (None: it can)."""
+        if self.config.thresholding:
+            return "dynamic thresholding is not a linear update"
+        if self.config.variance_type in ("learned", "learned_range"):
+            return "a learned-variance model output"
+        if self.num_inference_steps is None:
+            return "set_timesteps has not been called"
+        return None
+
+    def step_table(self) -> torch.Tensor:
+        """(steps, MS_NUM_COLUMNS) float32 rows of ops.multistep_update for the whole schedule: the
+        conversion of the model output and the update, with the order each step of ``step`` takes."""
+        saved = (self._step_index, self.lower_order_nums)
+        rows = []
+        try:
+            for i in range(len(self.timesteps)):
+                self._step_index, self.lower_order_nums = i, min(i, self.config.solver_order)
+                conv_x, conv_out = self._conversion_row(i)
+                rows.append(
+                    torch.cat([torch.tensor([conv_x, conv_out], dtype=torch.float64), self.update_row()])
+                )
+        finally:
+            self._step_index, self.lower_order_nums = saved
+        return torch.stack(rows).float()
+
+    def _conversion_row(self, i: int) -> tuple[float, float]:
+        """(weight of x, weight of the model output) of convert_model_output at step i (it is linear)."""
+        alpha, sigma = (v.double().item() for v in self._sigma_to_alpha_sigma_t(self.sigmas[i]))
+        prediction = self.config.prediction_type
+        if self._predicts_x0:
+            return {
+                "epsilon": (1 / alpha, -sigma / alpha),
+                "sample": (0.0, 1.0),
+                "v_prediction": (alpha, -sigma),
+            }[prediction]
+        return {"epsilon": (0.0, 1.0), "sample": (1 / sigma, -alpha / sigma), "v_prediction": (sigma, alpha)}[
+            prediction
+        ]
+
     def update_row(self, order: int | None = None) -> torch.Tensor:
         """float64 coefficients (a, c0, c1, c2, s) of x_next = a x + c0 m0 + c1 m1 + c2 m2 + s z for the
         current step, m0 the newest converted output: the linear-combination form of ``_update``."""
