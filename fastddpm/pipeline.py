@@ -19,15 +19,19 @@ from tqdm.auto import tqdm
 
 from fastddpm.engine.auto_batch import auto_batch_size
 from fastddpm.engine.cuda_graph import capture_step
+from fastddpm.engine.multistep_loop import MultistepLoop
 from fastddpm.engine.sampling_loop import SamplingLoop
+from fastddpm.engine.scheduler_loop import run_scheduler_loop
 from fastddpm.ops import noise as noise_module
 from fastddpm.ops.noise import randn_tensor
 from fastddpm.ops.step_columns import NOISE_ON
-from fastddpm.schedulers import DDIMScheduler, DDPMScheduler
+from fastddpm.schedulers import DDPMScheduler, samplers
 from fastddpm.schedulers.gaussian_diffusion import GaussianDiffusion
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = samplers.NAMES
+GRAPHED_SAMPLERS = ("ddpm", "ddim")  # the others run in the eager scheduler loop (engine/scheduler_loop.py)
+DEFAULT_FAST_SAMPLER_STEPS = 50  # as diffusers' DDIMPipeline; the multistep solvers do well with 10-25
 NOISE_MODES = ("torch", "philox")
 OUTPUT_TYPES = ("pil", "np", "pt")
 _DTYPES = {
@@ -155,11 +159,9 @@ class Pipeline:
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         return (self.config["in_channels"], height, width)
 
-    def make_scheduler(self, sampler: str) -> DDPMScheduler | DDIMScheduler:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
-        cls = DDPMScheduler if sampler == "ddpm" else DDIMScheduler
-        return cls.from_config(self.scheduler_config)
+    def make_scheduler(self, sampler: str, config: dict[str, Any] | None = None, karras: bool = False):
+        """The scheduler a sampler name stands for, from the checkpoint's (or the given) scheduler config."""
+        return samplers.make(sampler, self.scheduler_config if config is None else config, karras)
 
     # ---------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -167,7 +169,7 @@ class Pipeline:
         self,
         batch_size: int | str = 1,
         num_inference_steps: int | None = None,
-        sampler: str = "ddpm",
+        sampler: str | Any | None = None,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         seed: int | None = None,
@@ -183,8 +185,15 @@ class Pipeline:
         timestep_respacing: str | int | None = None,
         class_labels: torch.Tensor | list[int] | None = None,
         latents: torch.Tensor | None = None,
+        karras: bool = False,
     ) -> PipelineOutput | tuple:
         """Sample ``batch_size`` images.
+
+        sampler: a name (ddpm, ddim, pndm, dpm++2m, dpm++3m, dpm++2m-sde, unipc, euler, euler-a, heun, deis;
+        built from the checkpoint's scheduler config, with Karras sigmas when ``karras``), a fastddpm
+        scheduler instance, or None: ``pipe.scheduler`` (a DDPMScheduler of the checkpoint's config unless
+        replaced, e.g. ``pipe.scheduler = fastddpm.UniPCMultistepScheduler.from_config(pipe.scheduler.config)``).
+        DDPM and DDIM run in the graphed, sync-free loop; the other samplers run diffusers' loop eagerly.
 
         noise="torch" draws x_T and every step's noise from ``generator`` (or a CPU generator seeded with
         ``seed``) exactly as diffusers' DDPMPipeline / DDIMPipeline do, so the images match theirs.
@@ -206,12 +215,54 @@ class Pipeline:
         """
         if batch_size == "auto":
             batch_size = auto_batch_size(self.unet, self.sample_shape(), self.dtype)
+        scheduler_config = None
+        if isinstance(self.scheduler, GaussianDiffusion):
+            # ADM's own process: their p_sample_loop (ddpm) or ddim_sample_loop (ddim), as load configured it
+            sampler = "ddpm" if sampler is None else sampler
+            if sampler not in GRAPHED_SAMPLERS or karras:
+                raise ValueError(
+                    f"sampler {sampler!r}{' with karras=True' if karras else ''}: ADM checkpoints sample with "
+                    "'ddpm' or 'ddim' (their p_sample_loop / ddim_sample_loop); the fast samplers do not run "
+                    "on them yet"
+                )
+        if sampler is None:
+            sampler = self.scheduler
+        graphed = sampler in GRAPHED_SAMPLERS or getattr(sampler, "kind", None) in GRAPHED_SAMPLERS
+        if not graphed and (
+            class_labels is not None or latents is not None or timestep_respacing is not None
+        ):
+            raise ValueError(
+                "class_labels, latents and timestep_respacing apply to the ddpm and ddim samplers only"
+            )
+        if not isinstance(sampler, str):
+            instance = sampler
+            sampler = getattr(instance, "kind", None)
+            if sampler not in GRAPHED_SAMPLERS:
+                return self._call_scheduler(
+                    instance, batch_size, num_inference_steps, generator, seed, noise, output_type, progress,
+                    sample_offset, return_dict, use_cuda_graph,
+                )  # fmt: skip
+            if karras:
+                raise ValueError(
+                    "karras=True applies to sampler names; this scheduler instance has its own config"
+                )
+            scheduler_config = {k: v for k, v in instance.config.items() if not k.startswith("_")}
+        elif sampler not in GRAPHED_SAMPLERS and sampler in SAMPLERS:
+            instance = self.make_scheduler(sampler, karras=karras)
+            return self._call_scheduler(
+                instance, batch_size, num_inference_steps, generator, seed, noise, output_type, progress,
+                sample_offset, return_dict, use_cuda_graph,
+            )  # fmt: skip
+        elif karras and sampler in GRAPHED_SAMPLERS:
+            raise ValueError(
+                f"sampler {sampler!r} has no Karras sigmas (karras=True needs one of: {samplers.karras_names()})"
+            )
         self._check_call(
             batch_size, num_inference_steps, sampler, eta, noise, output_type, seed, sample_offset
         )
         device = self.device
         scheduler, timesteps_host, noise_on, table, timesteps = self._schedule_for(
-            sampler, num_inference_steps, float(eta), device, timestep_respacing
+            sampler, num_inference_steps, float(eta), device, timestep_respacing, scheduler_config
         )
         shape = (batch_size, *self.sample_shape())
 
@@ -270,11 +321,12 @@ class Pipeline:
         return PipelineOutput(images) if return_dict else (images,)
 
     def _schedule_for(
-        self, sampler: str, steps: int | None, eta: float, device: torch.device, respacing=None
+        self, sampler: str, steps: int | None, eta: float, device: torch.device, respacing=None, config=None
     ):
         """The scheduler, timesteps, noise flags and device step table for these settings, built once:
         a 1000-step DDPM table takes ~0.2 s of host work, which the CLI would otherwise pay per batch."""
-        key = (sampler, steps, eta, device, respacing, repr(sorted(self.scheduler_config.items())))
+        config = self.scheduler_config if config is None else config
+        key = (sampler, steps, eta, device, respacing, repr(sorted(config.items())))
         if isinstance(self.scheduler, GaussianDiffusion) and key not in self._schedules:
             if respacing is None and steps is not None:
                 respacing = str(steps)
@@ -296,7 +348,7 @@ class Pipeline:
         elif respacing is not None and not isinstance(self.scheduler, GaussianDiffusion):
             raise ValueError("timestep_respacing applies to ADM checkpoints only; use num_inference_steps")
         if key not in self._schedules:
-            scheduler = self.make_scheduler(sampler)
+            scheduler = self.make_scheduler(sampler, config)
             if steps is None:
                 steps = scheduler.config.num_train_timesteps if sampler == "ddpm" else 50
             scheduler.set_timesteps(steps)
@@ -310,6 +362,87 @@ class Pipeline:
                 scheduler.timesteps.to(device),
             )
         return self._schedules[key]
+
+    def _call_scheduler(
+        self,
+        scheduler,
+        batch_size,
+        steps,
+        generator,
+        seed,
+        noise,
+        output_type,
+        progress,
+        sample_offset,
+        return_dict,
+        use_cuda_graph=None,
+    ):
+        """Any other scheduler: DPM-Solver in the table-driven loop (engine/multistep_loop.py), the rest
+        in diffusers' loop, eagerly (engine/scheduler_loop.py)."""
+        name = type(scheduler).__name__
+        if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
+            raise TypeError(f"sampler must be a name or a scheduler with set_timesteps and step, got {name}")
+        self._check_call(batch_size, steps, "ddim", 0.0, noise, output_type, seed, sample_offset)
+        device = self.device
+        scheduler.set_timesteps(DEFAULT_FAST_SAMPLER_STEPS if steps is None else steps, device=device)
+        shape = (batch_size, *self.sample_shape())
+        philox_noise = None
+        if noise == "philox":
+            seed = 0 if seed is None else seed
+            x = noise_module.philox_normal(seed, sample_offset, batch_size, shape[1:], 0, device=device)
+            # step i's noise: Philox stream i + 1, as the graphed loop's steps use
+            philox_noise = (
+                lambda i: noise_module.philox_normal(  # noqa: E731
+                    seed, sample_offset, batch_size, shape[1:], i + 1, device=device
+                )
+            )
+        else:
+            if generator is None and seed is not None:
+                generator = torch.Generator("cpu").manual_seed(seed)
+            x = randn_tensor(shape, generator, device, torch.float32)
+        total = len(scheduler.timesteps)
+        table_driven = hasattr(scheduler, "step_table") and scheduler.graph_refusal() is None
+        with tqdm(total=total, disable=not progress, desc=f"fastddpm {name}", leave=False) as bar:
+            if table_driven:
+                x = self._run_multistep(
+                    scheduler, x, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar
+                )
+            else:
+                x = run_scheduler_loop(
+                    self.unet, scheduler, x, self.dtype, generator, philox_noise, progress=bar
+                )
+        images = to_output(x, output_type)
+        return PipelineOutput(images) if return_dict else (images,)
+
+    def _run_multistep(
+        self, scheduler, x_T, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar
+    ):
+        """A DPM-Solver schedule in the table-driven, sync-free MultistepLoop (graphed on CUDA)."""
+        device = self.device
+        sde = scheduler.config.algorithm_type.startswith("sde")
+        noise_mode = noise if sde else None
+        table = scheduler.step_table().to(device)
+        timesteps = scheduler.timesteps.to(device)
+        on_cuda = device.type == "cuda"
+        use_cuda_graph = on_cuda if use_cuda_graph is None else use_cuda_graph
+        if use_cuda_graph and not on_cuda:
+            raise ValueError("use_cuda_graph=True needs the pipeline on a CUDA device")
+        key = ("multistep", shape, self.dtype, table.cpu().numpy().tobytes(), tuple(timesteps.tolist()),
+               noise_mode, seed if noise_mode == "philox" else None, bool(use_cuda_graph))  # fmt: skip
+        if key not in self._loops:
+            loop = MultistepLoop(self.unet, table, timesteps, shape, self.dtype, noise_mode, seed or 0)
+            replay = None
+            if use_cuda_graph:
+                buffers = [loop.x, loop.history, loop.step_index, loop.sample_offset]
+                replay = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+            self._loops.clear()
+            self._loops[key] = (loop, replay)
+        loop, replay = self._loops[key]
+        draw = None
+        if noise_mode == "torch":
+            draw = lambda: randn_tensor(shape, generator, device, torch.float32)  # noqa: E731
+        x_T = x_T * scheduler.init_noise_sigma
+        return loop.run(x_T, sample_offset, len(timesteps), draw, step=replay, progress=bar).clone()
 
     def _loop_for(
         self, key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile, labeled=False

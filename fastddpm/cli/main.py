@@ -25,6 +25,13 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
+# The pipeline's sampler names (fastddpm.schedulers.samplers.NAMES; a test keeps the two equal), spelled
+# out here so that `fastddpm --help` and argument errors answer without importing torch.
+SAMPLER_NAMES = (
+    "ddpm", "ddim", "pndm", "dpm++2m", "dpm++3m", "dpm++2m-sde", "unipc", "euler", "euler-a", "heun", "deis",
+)  # fmt: skip
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -119,12 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)"
     )
-    sample.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim", help="default ddim")
+    sample.add_argument(
+        "--sampler",
+        choices=SAMPLER_NAMES,
+        default="ddim",
+        metavar="NAME",
+        help=f"one of {', '.join(SAMPLER_NAMES)} (default ddim)",
+    )
+    sample.add_argument(
+        "--karras", action="store_true", help="Karras sigmas (dpm++*, unipc, euler, heun, deis)"
+    )
     sample.add_argument(
         "--steps",
         type=_positive_int,
         default=None,
-        help="denoising steps (default: 50 for ddim, all for ddpm)",
+        help="denoising steps (default: all for ddpm, else 50)",
     )
     sample.add_argument(
         "--eta", type=_eta, default=None, help="DDIM eta in [0, 1] (default 0); --sampler ddim only"

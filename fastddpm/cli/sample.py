@@ -90,6 +90,14 @@ def run_sample(args) -> int:
     path = checkpoint_path(args.checkpoint)
     pipe = load_pipeline(path, device_for(share, args.device), args.dtype, args.flags)
     steps = resolve_steps(pipe, args.sampler, args.steps)
+    karras = bool(getattr(args, "karras", False))
+    if karras:
+        from fastddpm.schedulers import samplers
+
+        if not samplers.has_karras(args.sampler):
+            raise CliError(
+                f"--karras: sampler {args.sampler} has no Karras sigmas (use one of: {samplers.karras_names()})"
+            )
     # The folder only after the checkpoint and settings passed: bad input leaves no empty folder behind.
     folder = prepare_folder(args.out)
     writer = writer_for(args.format, folder, args.num)
@@ -106,6 +114,8 @@ def run_sample(args) -> int:
         "format": args.format,
         **({"flags": args.flags} if args.flags else {}),  # an ADM checkpoint's flags change its images
     }
+    if karras:  # only when set: manifests written before --karras existed still match
+        settings["karras"] = True
     from fastddpm import __version__
 
     info = {"checkpoint": path, "fastddpm_version": __version__}
@@ -167,7 +177,8 @@ def draw(pipe, writer, todo: list[int], args, steps: int, share) -> int:
                     batch_size=count,
                     num_inference_steps=steps,
                     sampler=args.sampler,
-                    eta=args.eta,
+                    karras=bool(getattr(args, "karras", False)),
+                    eta=args.eta if args.sampler == "ddim" else 0.0,
                     seed=args.seed,
                     noise="philox",
                     output_type="np",

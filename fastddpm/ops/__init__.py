@@ -200,3 +200,15 @@ def sampler_step(
         thresholding=thresholding,
         use_clipped_model_output=use_clipped_model_output,
     )
+
+
+def multistep_update(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    history: torch.Tensor,
+    coeffs: torch.Tensor,
+    noise: torch.Tensor | PhiloxNoise | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One multistep-solver step from a table row; (x_next, converted output). See
+    reference.multistep_update and the MS_* columns of step_columns.py."""
+    return _dispatch("multistep_update", model_output, sample, history, coeffs, noise)

@@ -52,3 +52,11 @@ def sampler_step(model_output, sample, coeffs, noise, **options):
 
 def why_not_sampler_step(*args, **kwargs) -> list[str]:
     return []
+
+
+def multistep_update(model_output, sample, history, coeffs, noise):
+    return reference.multistep_update(model_output, sample, history, coeffs, _materialise(noise, sample))
+
+
+def why_not_multistep_update(*args, **kwargs) -> list[str]:
+    return []

@@ -15,6 +15,13 @@ from fastddpm.ops.step_columns import (
     COEF_XT,
     LOG_VAR_MAX,
     LOG_VAR_MIN,
+    MS_A,
+    MS_C0,
+    MS_C1,
+    MS_C2,
+    MS_CONV_OUT,
+    MS_CONV_X,
+    MS_NOISE,
     NOISE_ON,
     SIGMA,
     SQRT_ABAR,
@@ -161,3 +168,23 @@ def sampler_step(
         # NOISE_ON selects on the device, so one captured step serves every step without a host branch.
         prev = torch.where(c[NOISE_ON] > 0, prev + std * noise, prev)
     return prev, x0
+
+
+def multistep_update(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    history: torch.Tensor,
+    coeffs: torch.Tensor,
+    noise: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One multistep-solver step as a linear combination (step_columns.py, MS_*): (x_next, m).
+
+    ``history`` (MS_HISTORY, *sample.shape) holds the previous converted outputs, newest first; the
+    caller shifts it and stores ``m`` after the call. ``noise`` is N(0, I) or None (SDE variants only).
+    """
+    c = coeffs
+    m = c[MS_CONV_X] * sample + c[MS_CONV_OUT] * model_output
+    x_next = c[MS_A] * sample + c[MS_C0] * m + c[MS_C1] * history[0] + c[MS_C2] * history[1]
+    if noise is not None:
+        x_next = x_next + c[MS_NOISE] * noise
+    return x_next, m

@@ -23,3 +23,17 @@ NUM_COLUMNS = 8
 
 FIXED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 VARIANCE_TYPES = FIXED_VARIANCE_TYPES + ("learned", "learned_range")
+
+# Multistep tables (DPM-Solver family, ops.multistep_update): one row per step of
+#   m      = MS_CONV_X * x + MS_CONV_OUT * model_output          (the converted output: x0 or eps)
+#   x_next = MS_A * x + MS_C0 * m + MS_C1 * h[0] + MS_C2 * h[1] + MS_NOISE * z
+# with h[0], h[1] the converted outputs of the two previous steps.
+MS_CONV_X = 0
+MS_CONV_OUT = 1
+MS_A = 2
+MS_C0 = 3
+MS_C1 = 4
+MS_C2 = 5
+MS_NOISE = 6
+MS_NUM_COLUMNS = 7
+MS_HISTORY = 2  # earlier converted outputs kept (solver order 3 at most)

@@ -9,7 +9,7 @@ schedule's coefficients at once for the pipeline's sync-free loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,56 +19,69 @@ import torch
 from fastddpm import ops
 from fastddpm.ops import reference
 from fastddpm.schedulers import schedules
+from fastddpm.schedulers.config_mixin import BaseOutput, ConfigMixin
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
-# Config keys of other diffusers schedulers that would change the maths if honoured: refused when set.
-_UNSUPPORTED_IF_SET = (
-    "use_karras_sigmas",
-    "use_exponential_sigmas",
-    "use_beta_sigmas",
-    "use_dynamic_shifting",
-    "use_flow_sigmas",
-    "timestep_type",
-    "solver_order",
+# Compatible classes (diffusers' KarrasDiffusionSchedulers that fastddpm has): every one builds from every
+# other's config, so `pipe.scheduler = X.from_config(pipe.scheduler.config)` works in both directions.
+ALL_SCHEDULERS = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "DPMSolverMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
 )
 
 
-class SchedulerConfig(dict):
-    """The normalised config; keys readable as attributes, like diffusers' FrozenDict."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
 @dataclass
-class SchedulerOutput:
+class SchedulerOutput(BaseOutput):
+    """``prev_sample`` (x at the next timestep) and, where the scheduler has it, ``pred_original_sample``."""
+
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
 
-    def __iter__(self):  # `prev, x0 = scheduler.step(...)` as with return_dict=False
-        return iter((self.prev_sample, self.pred_original_sample))
+
+def refuse_unsupported(scheduler: Any, **fields: Any) -> None:
+    """A config field fastddpm does not implement, set to a value that changes the maths: one-line error."""
+    for key, value in fields.items():
+        if value:
+            raise ValueError(
+                f"scheduler config field {key}={value!r} is not supported by fastddpm's {type(scheduler).__name__}"
+            )
 
 
-class Scheduler:
-    """What DDPM and DDIM share: the config, the beta schedule, timesteps and q-sampling."""
+class Scheduler(ConfigMixin):
+    """What DDPM and DDIM share: the beta schedule, timesteps and q-sampling; the config comes from the
+    subclass's diffusers-style ``__init__`` (``register_to_config``)."""
 
     kind: str
-    _defaults: dict[str, Any]
     order = 1
     init_noise_sigma = 1.0
+    _compatibles = ALL_SCHEDULERS
+    _deprecated_kwargs = ["predict_epsilon"]
 
-    def __init__(self, **config: Any) -> None:
-        self.config = self._normalise(config)
+    def _setup(self, kwargs: dict[str, Any]) -> None:
+        """Validate the recorded config and build the schedule; ``kwargs``: the deprecated keywords."""
+        kwargs = dict(kwargs)
+        if "predict_epsilon" in kwargs:  # diffusers < 0.10 spelling, still in early hub configs
+            legacy = kwargs.pop("predict_epsilon")
+            if "prediction_type" in self.config.get("_use_default_values", ()):
+                self.register_to_config(prediction_type="epsilon" if legacy else "sample")
+        if kwargs:
+            key = next(iter(kwargs))
+            raise TypeError(f"{type(self).__name__} got an unexpected config field {key!r}")
+        self._validate_common()
         c = self.config
         betas = schedules.make_betas(
             c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end, c.trained_betas
         )
-        if c.rescale_betas_zero_snr:
+        if c.get("rescale_betas_zero_snr"):
             betas = schedules.rescale_zero_terminal_snr(betas)
         self.betas = betas
         self.alphas = 1.0 - betas
@@ -78,49 +91,27 @@ class Scheduler:
         self.timesteps = torch.from_numpy(np.arange(0, c.num_train_timesteps)[::-1].copy().astype(np.int64))
         self._rows: dict[tuple, torch.Tensor] = {}
 
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | Any, **overrides: Any):
-        """Build from a diffusers config dict, a diffusers scheduler, or one of ours (``.config``)."""
-        if not isinstance(config, Mapping):
-            config = getattr(config, "config", None)
-            if not isinstance(config, Mapping):
-                raise TypeError("from_config takes a config mapping or an object with a .config mapping")
-        return cls(**{**dict(config), **overrides})
-
-    @classmethod
-    def _normalise(cls, config: Mapping[str, Any]) -> SchedulerConfig:
-        """Defaults filled in; keys this scheduler does not use are dropped; unsupported behaviour raises."""
-        config = dict(config)
-        if "predict_epsilon" in config:  # diffusers < 0.10 spelling, still in early hub configs
-            legacy = config.pop("predict_epsilon")
-            config.setdefault("prediction_type", "epsilon" if legacy else "sample")
-        for key in _UNSUPPORTED_IF_SET:
-            if config.get(key):
-                raise ValueError(
-                    f"scheduler config field {key}={config[key]!r} is not supported by {cls.__name__}"
-                )
-        out = SchedulerConfig(cls._defaults)
-        out.update({k: v for k, v in config.items() if k in cls._defaults})
-        if out.trained_betas is None and out.beta_schedule not in schedules.BETA_SCHEDULES:
+    def _validate_common(self) -> None:
+        c = self.config
+        if c.trained_betas is None and c.beta_schedule not in schedules.BETA_SCHEDULES:
             raise ValueError(
-                f"scheduler config field beta_schedule={out.beta_schedule!r} is not one of "
+                f"scheduler config field beta_schedule={c.beta_schedule!r} is not one of "
                 f"{', '.join(schedules.BETA_SCHEDULES)}"
             )
-        if out.prediction_type not in PREDICTION_TYPES:
+        if c.prediction_type not in PREDICTION_TYPES:
             raise ValueError(
-                f"scheduler config field prediction_type={out.prediction_type!r} is not one of "
+                f"scheduler config field prediction_type={c.prediction_type!r} is not one of "
                 f"{', '.join(PREDICTION_TYPES)}"
             )
-        if out.timestep_spacing not in TIMESTEP_SPACINGS:
+        if c.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(
-                f"scheduler config field timestep_spacing={out.timestep_spacing!r} is not one of "
+                f"scheduler config field timestep_spacing={c.timestep_spacing!r} is not one of "
                 f"{', '.join(TIMESTEP_SPACINGS)}"
             )
-        if int(out.num_train_timesteps) < 1:
+        if int(c.num_train_timesteps) < 1:
             raise ValueError(
-                f"scheduler config field num_train_timesteps={out.num_train_timesteps} must be >= 1"
+                f"scheduler config field num_train_timesteps={c.num_train_timesteps} must be >= 1"
             )
-        return out
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -219,21 +210,3 @@ class Scheduler:
 
 def as_int(timestep: int | torch.Tensor) -> int:
     return int(timestep.item()) if torch.is_tensor(timestep) else int(timestep)
-
-
-COMMON_DEFAULTS = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
-    "clip_sample": True,
-    "prediction_type": "epsilon",
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
-    "clip_sample_range": 1.0,
-    "sample_max_value": 1.0,
-    "timestep_spacing": "leading",
-    "steps_offset": 0,
-    "rescale_betas_zero_snr": False,
-}

@@ -23,7 +23,8 @@ from fastddpm.ops.step_columns import (
     SQRT_ABAR,
     SQRT_ONE_MINUS_ABAR,
 )
-from fastddpm.schedulers.base import COMMON_DEFAULTS, Scheduler, SchedulerOutput, as_int
+from fastddpm.schedulers.base import Scheduler, SchedulerOutput, as_int
+from fastddpm.schedulers.config_mixin import register_to_config
 
 
 def ddim_row(
@@ -53,13 +54,38 @@ class DDIMScheduler(Scheduler):
     """Denoising diffusion implicit models (Song et al. 2021), as diffusers.DDIMScheduler."""
 
     kind = "ddim"
-    _defaults = {**COMMON_DEFAULTS, "set_alpha_to_one": True}
 
-    def __init__(self, **config: Any) -> None:
-        super().__init__(**config)
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Any = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_betas_zero_snr: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self._setup(kwargs)
         self.final_alpha_cumprod = (
             torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
         )
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """(1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev), as diffusers' DDIM computes it."""
+        alpha_prod_t = self.alphas_cumprod[as_int(timestep)]
+        prev = as_int(prev_timestep)
+        alpha_prod_t_prev = self.alphas_cumprod[prev] if prev >= 0 else self.final_alpha_cumprod
+        return (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
         timestep = as_int(timestep)

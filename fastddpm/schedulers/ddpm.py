@@ -24,7 +24,8 @@ from fastddpm.ops.step_columns import (
     SQRT_ONE_MINUS_ABAR,
     VARIANCE_TYPES,
 )
-from fastddpm.schedulers.base import COMMON_DEFAULTS, Scheduler, SchedulerOutput, as_int
+from fastddpm.schedulers.base import Scheduler, SchedulerOutput, as_int
+from fastddpm.schedulers.config_mixin import register_to_config
 
 
 def ddpm_row(alphas_cumprod: torch.Tensor, t: int, prev_t: int, variance_type: str) -> torch.Tensor:
@@ -48,8 +49,8 @@ def ddpm_row(alphas_cumprod: torch.Tensor, t: int, prev_t: int, variance_type: s
         # diffusers 0.42 takes sqrt(log(beta_t)), which is NaN for every beta_t < 1; the log form means
         # "store log variance, std = exp(log_var / 2)", which is what is computed here (= fixed_large).
         sigma = torch.exp(0.5 * torch.log(current_beta_t))
-    elif variance_type in ("learned", "learned_range"):
-        sigma = torch.tensor(0.0)  # the std comes from the model's variance channels
+    elif variance_type in ("learned", "learned_range") or t == 0:
+        sigma = torch.tensor(0.0)  # learned: the model's variance channels give it; t = 0 draws no noise
     else:
         raise ValueError(f"variance_type {variance_type!r} is not one of {', '.join(VARIANCE_TYPES)}")
 
@@ -69,29 +70,70 @@ class DDPMScheduler(Scheduler):
     """Ancestral sampling of Ho et al. 2020, as diffusers.DDPMScheduler."""
 
     kind = "ddpm"
-    _defaults = {**COMMON_DEFAULTS, "variance_type": "fixed_small"}
 
-    def __init__(self, **config: Any) -> None:
-        super().__init__(**config)
-        if self.config.variance_type not in VARIANCE_TYPES:
-            raise ValueError(
-                f"scheduler config field variance_type={self.config.variance_type!r} is not one of "
-                f"{', '.join(VARIANCE_TYPES)}"
-            )
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Any = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        # An unknown variance_type raises when a step needs the variance (t > 0), not here: diffusers builds
+        # such a scheduler and only fails on use, and its tests step one at t = 0.
+        self._setup(kwargs)
         self.variance_type = self.config.variance_type
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        timestep = as_int(timestep)
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep after ``timestep`` in the list, as diffusers returns it: a 0-d tensor once
+        set_timesteps ran (tensor(-1) after the last step), else ``timestep - 1``."""
         if self.custom_timesteps or self.num_inference_steps:
-            return self._next_timestep(timestep)
+            return torch.tensor(self._next_timestep(as_int(timestep)))
         return timestep - 1
 
     def _row(self, timestep: int, **options: Any) -> torch.Tensor:
-        prev = self.previous_timestep(timestep)
+        prev = as_int(self.previous_timestep(timestep))
         return self._cached_row(
             (timestep, prev),
             lambda: ddpm_row(self.alphas_cumprod, timestep, prev, self.variance_type),
         )
+
+    def _get_variance(self, t: int, predicted_variance=None, variance_type: str | None = None):
+        """The step's variance as diffusers' DDPMScheduler._get_variance returns it (the log or std for
+        the *_log types, as there)."""
+        t = as_int(t)
+        variance_type = variance_type or self.config.variance_type
+        prev_t = as_int(self.previous_timestep(t))
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0)
+        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+        variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
+        if variance_type == "fixed_small":
+            return variance
+        if variance_type == "fixed_small_log":
+            return torch.exp(0.5 * torch.log(variance))
+        if variance_type == "fixed_large":
+            return current_beta_t
+        if variance_type == "fixed_large_log":
+            return torch.log(current_beta_t)
+        if variance_type == "learned":
+            return predicted_variance
+        if variance_type == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * torch.log(current_beta_t) + (1 - frac) * torch.log(variance)
+        raise ValueError(f"variance_type {variance_type!r} is not one of {', '.join(VARIANCE_TYPES)}")
 
     def variance_mode(self) -> str:
         """How sampler_step gets the noise std: "fixed" (table), "learned" or "learned_range" (model)."""

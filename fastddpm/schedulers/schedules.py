@@ -24,6 +24,10 @@ def _cosine_alpha_bar(t: float) -> float:
     return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
 
+def _exp_alpha_bar(t: float) -> float:
+    return math.exp(t * -12.0)
+
+
 def _laplace_alpha_bar(t: float) -> float:
     lmb = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
     snr = math.exp(lmb)
@@ -48,6 +52,8 @@ def make_betas(
         return betas_for_alpha_bar(num_train_timesteps, _cosine_alpha_bar)
     if beta_schedule == "laplace":
         return betas_for_alpha_bar(num_train_timesteps, _laplace_alpha_bar)
+    if beta_schedule == "exp":  # HeunDiscreteScheduler's extra schedule
+        return betas_for_alpha_bar(num_train_timesteps, _exp_alpha_bar)
     if beta_schedule == "sigmoid":
         x = torch.linspace(-6, 6, num_train_timesteps, dtype=torch.float32)
         return torch.sigmoid(x) * (beta_end - beta_start) + beta_start

@@ -194,7 +194,17 @@ BAD_INPUTS = {
         "--out",
         str(tmp / "o"),
     ],
-    "unknown sampler": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--sampler", "euler"],
+    "unknown sampler": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--sampler", "lms"],
+    "karras on a sampler without": lambda tmp: [
+        "sample",
+        "--num",
+        "2",
+        "--out",
+        str(tmp / "o"),
+        "--sampler",
+        "euler-a",
+        "--karras",
+    ],  # fmt: skip
     "zero steps": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--steps", "0"],
     "too many steps": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--steps", "1001"],
     "zero images": lambda tmp: ["sample", "--num", "0", "--out", str(tmp / "o")],
@@ -421,3 +431,19 @@ def test_process_blocks_cover_every_index_once_and_resumed_batches_cut_where_the
     assert batches(list(range(4, 10)), 4) == [(4, 4), (8, 2)]
     # Holes (images deleted by hand) split runs; no batch spans a hole.
     assert batches([0, 1, 2, 5, 6, 9], 2) == [(0, 2), (2, 1), (5, 2), (9, 1)]
+
+
+def test_sampler_names_are_the_pipelines():
+    from fastddpm.cli.main import SAMPLER_NAMES
+    from fastddpm.schedulers import samplers
+
+    assert SAMPLER_NAMES == samplers.NAMES
+
+
+def test_sample_with_a_fast_sampler_and_karras(tmp_path, capsys):
+    out = tmp_path / "dpm"
+    argv = ["sample", "--num", "3", "--out", str(out), "--sampler", "dpm++2m", "--karras", "--steps", "4"]
+    code, stdout, err = run_in_process(argv, capsys)
+    assert code == 0, err
+    assert summary_of(stdout)["sampler"] == "dpm++2m"
+    assert len(list(out.glob("*.png"))) == 3

@@ -207,23 +207,36 @@ def test_from_config_takes_diffusers_configs_and_ignores_unused_keys():
     ddpm = fastddpm.DDPMScheduler.from_config(dict(ddpm_config), clip_sample=False)
     assert ddpm.config.variance_type == "fixed_large" and ddpm.config.clip_sample is False
     assert fastddpm.DDPMScheduler.from_config(ddpm).config == ddpm.config
-    legacy = fastddpm.DDPMScheduler(predict_epsilon=False, tensor_format="pt", _class_name="DDPMScheduler")
+    legacy_config = {"predict_epsilon": False, "tensor_format": "pt", "_class_name": "DDPMScheduler"}
+    legacy = fastddpm.DDPMScheduler.from_config(legacy_config)
     assert legacy.config.prediction_type == "sample"
+    assert fastddpm.DDPMScheduler(predict_epsilon=False).config.prediction_type == "sample"
 
 
 @pytest.mark.parametrize(
     "config,message",
     [
-        ({"use_karras_sigmas": True}, "use_karras_sigmas"),
         ({"beta_schedule": "quadratic"}, "beta_schedule"),
         ({"prediction_type": "flow"}, "prediction_type"),
         ({"timestep_spacing": "even"}, "timestep_spacing"),
-        ({"variance_type": "huge"}, "variance_type"),
     ],
 )
 def test_unsupported_config_raises_naming_the_field(config, message):
     with pytest.raises(ValueError, match=message):
         fastddpm.DDPMScheduler(**config)
+
+
+def test_unknown_variance_type_raises_when_a_step_needs_it():
+    scheduler = fastddpm.DDPMScheduler(variance_type="huge")  # diffusers builds it too, and fails on use
+    x = torch.zeros(1, 1, 2, 2)
+    scheduler.step(x, 0, x)  # t = 0 draws no noise: no variance needed
+    with pytest.raises(ValueError, match="variance_type"):
+        scheduler.step(x, 5, x)
+
+
+def test_a_field_of_another_scheduler_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match="use_karras_sigmas"):
+        fastddpm.DDPMScheduler(use_karras_sigmas=True)
 
 
 def test_bad_timesteps_raise():
