@@ -52,9 +52,14 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 @dataclass
 class PipelineOutput:
-    """``images``: a list of PIL images, a float32 NHWC array in [0, 1], or an NCHW tensor in [0, 1]."""
+    """``images``: a list of PIL images, a float32 NHWC array in [0, 1], or an NCHW tensor in [0, 1].
+
+    ``cuda_graph``: "replayed" (one captured CUDA graph ran every step), "off" (not requested), or
+    "fallback: <why>" (requested, the capture failed, and the steps ran eagerly).
+    """
 
     images: Any
+    cuda_graph: str = "off"
 
 
 class Pipeline:
@@ -204,7 +209,7 @@ class Pipeline:
             philox_seed,
             repr(step_options),
         )
-        loop, replay = self._loop_for(
+        loop, replay, graph_status = self._loop_for(
             key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile
         )
         draw = None
@@ -214,7 +219,7 @@ class Pipeline:
             x = loop.run(x, sample_offset, noise_on, draw, step=replay, progress=bar).clone()
 
         images = to_output(x, output_type)
-        return PipelineOutput(images) if return_dict else (images,)
+        return PipelineOutput(images, graph_status) if return_dict else (images,)
 
     def _schedule_for(self, sampler: str, steps: int | None, eta: float, device: torch.device):
         """The scheduler, timesteps, noise flags and device step table for these settings, built once:
@@ -237,7 +242,7 @@ class Pipeline:
         return self._schedules[key]
 
     def _loop_for(self, key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile):
-        """The cached SamplingLoop (and its graph replay, or None for eager) for this call's settings."""
+        """The cached SamplingLoop, its graph replay (None: eager) and PipelineOutput.cuda_graph's value."""
         on_cuda = table.device.type == "cuda"
         if use_cuda_graph is None:
             use_cuda_graph = on_cuda
@@ -255,12 +260,14 @@ class Pipeline:
             loop = SamplingLoop(
                 unet, table, timesteps, shape, self.dtype, step_options, noise, seed or 0, self._memory_format
             )
-            replay = None
+            replay, status = None, "off"
             if use_cuda_graph:
                 buffers = [loop.x, loop.step_index, loop.sample_offset]
-                replay = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+                capture = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+                replay = capture.replay
+                status = "replayed" if replay is not None else f"fallback: {capture.fallback}"
             self._loops.clear()  # one live graph at a time: each holds a private memory pool
-            self._loops[key] = (loop, replay)
+            self._loops[key] = (loop, replay, status)
         return self._loops[key]
 
     def _use_memory_format(self, memory_format: torch.memory_format | None) -> None:
