@@ -66,9 +66,13 @@ fi
 "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)" 2>&1 | tee -a "$summary"
 
 # Wheels the image lacks (bench/gpu_prepare.sh), installed offline next to the checkout.
-if ls .whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$OUT/../site-gpu-check" .whl/*.whl \
-        >>"$OUT/build.log" 2>&1 && export PYTHONPATH="$(cd "$OUT/.." && pwd)/site-gpu-check${PYTHONPATH:+:$PYTHONPATH}"
+if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+    note "wheels from .whl/: not installed (built for Python 3.12, this is $("$PY" -V 2>&1))"
+elif ls .whl/*.whl >/dev/null 2>&1; then
+    site="$(mktemp -d)/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl >>"$OUT/build.log" 2>&1 \
+        && export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    note "wheels from .whl/: $(ls .whl/*.whl | wc -l) installed into $site"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 

@@ -2,11 +2,12 @@
 
 FASTDDPM_SIMT_SANITIZE=address|thread builds it under AddressSanitizer or ThreadSanitizer (its own build
 folder), for a process that has the sanitizer's runtime preloaded (.ci/run does:
-LD_PRELOAD=$(gcc -print-file-name=libasan.so), see .ci/simt_sanitize.sh). The build is cached in build/simt-<variant>/: ninja
+LD_PRELOAD=$(gcc -print-file-name=libasan.so), see .ci/simt_sanitize.sh). The build is cached in build/fastddpm_simt[_<sanitizer>]-<python>-<torch>/: ninja
 recompiles only when a source changed (the first build takes about a minute).
 """
 
 import os
+import sys
 
 import torch
 from torch.utils import cpp_extension
@@ -47,7 +48,9 @@ def load():
                 f"LD_PRELOAD=$(gcc -print-file-name={RUNTIMES[variant]}.so) python -m pytest -m simt"
             )
         name = "fastddpm_simt" + (f"_{variant}" if variant else "")
-        build = os.path.join(ROOT, "build", name)
+        # One folder per interpreter and torch: their headers and ABI differ.
+        tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__.replace('+', '_')}"
+        build = os.path.join(ROOT, "build", f"{name}-{tag}")
         os.makedirs(build, exist_ok=True)
         flags = SANITIZERS[variant]
         # The compiler and ninja run without the preloaded sanitizer runtime (slower, and noisy under it).
