@@ -15,7 +15,8 @@
 #
 # Rehearsal of the image's versions on a CPU machine (Python 3.12 venv, torch 2.11.0, triton 3.6):
 #   ~/.pyenv/versions/3.12.1/bin/python -m venv /tmp/venv312 && /tmp/venv312/bin/pip install torch==2.11.0 \
-#       "triton==3.6.*" pytest pytest-benchmark numpy safetensors pillow tqdm setuptools wheel ninja
+#       "triton==3.6.*" pytest pytest-benchmark hypothesis "numpy<2.5" safetensors pillow tqdm setuptools wheel ninja
+#   (numpy < 2.5: Triton 3.6's interpreter, which runs the Triton kernels on the CPU, needs it)
 #   PATH=/tmp/venv312/bin:$PATH bash bench/gpu_rehearse.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
