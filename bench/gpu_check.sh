@@ -15,8 +15,9 @@
 #
 # Rehearsal of the image's versions on a CPU machine (Python 3.12 venv, torch 2.11.0, triton 3.6):
 #   ~/.pyenv/versions/3.12.1/bin/python -m venv /tmp/venv312 && /tmp/venv312/bin/pip install torch==2.11.0 \
-#       "triton==3.6.*" pytest pytest-benchmark hypothesis "numpy<2.5" safetensors pillow tqdm setuptools wheel ninja
-#   (numpy < 2.5: Triton 3.6's interpreter, which runs the Triton kernels on the CPU, needs it)
+#       "triton==3.6.*" pytest pytest-benchmark hypothesis "numpy<2.4" safetensors pillow tqdm setuptools wheel ninja
+#   (numpy < 2.4: Triton 3.6's interpreter, which runs the Triton kernels on the CPU, calls int() on
+#   1-element arrays, which numpy 2.4 refuses)
 #   PATH=/tmp/venv312/bin:$PATH bash bench/gpu_rehearse.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
