@@ -82,16 +82,20 @@ def fastddpm_runner(name: str, variant: str, batch: int):
 
     unet = UNet2D.from_diffusers(copy.deepcopy(base_unet(name)).to(DTYPES[variant]))
     pipe = fastddpm.Pipeline(unet, {"variance_type": "fixed_large"})
-    return lambda: (
-        pipe(
+
+    def run():
+        output = pipe(
             batch_size=batch,
             num_inference_steps=STEPS,
             seed=0,
             noise="philox",
             output_type="pt",
             progress=False,
-        ).images
-    )
+        )
+        run.cuda_graph = output.cuda_graph  # measure() records it: a fallback to eager must show
+        return output.images
+
+    return run
 
 
 def measure(benchmark, name: str, impl: str, variant: str, batch: int, run) -> None:
@@ -122,6 +126,8 @@ def measure(benchmark, name: str, impl: str, variant: str, batch: int, run) -> N
         "images_per_s_1000_steps": batch / ms_per_step,  # 1000 steps take ms_per_step seconds
         "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if ON_GPU else None,
         "backend_group_norm": _backend_in_use(),
+        # fastddpm: "replayed", "off" or "fallback: <why>" (PipelineOutput.cuda_graph); diffusers: None
+        "cuda_graph": getattr(run, "cuda_graph", None),
     }
     if ON_GPU:
         row["mfu_vs_bf16_peak"] = forward_flops(name) * batch * STEPS / seconds / H200_BF16_DENSE_FLOPS
@@ -142,7 +148,9 @@ def _backend_in_use() -> str:
 
 CASES = [(name, batch) for name in MODELS for batch in BATCHES[name]]
 # torch.compile(max-autotune) takes minutes per shape: on a time-boxed GPU run, compile only these batches.
-COMPILE_BATCHES = {int(b) for b in os.environ.get("FASTDDPM_BENCH_COMPILE_BATCHES", "1,16,64,256").split(",")}
+COMPILE_BATCHES = {
+    int(b) for b in os.environ.get("FASTDDPM_BENCH_COMPILE_BATCHES", "1,16,64,256").split(",") if b
+}
 
 
 @pytest.mark.parametrize("name,batch", CASES, ids=[f"{n}-b{b}" for n, b in CASES])

@@ -1,7 +1,9 @@
-// Warp and block sums shared by the CUDA kernels.
+// Warp and block sums shared by the CUDA kernels (nvcc) and their host build (csrc/simt/).
 #pragma once
 
-#include <cuda_runtime.h>
+#ifndef FASTDDPM_SIMT_HOST  // the host build includes csrc/simt/simt_emulation.h first
+#include "cuda_platform.cuh"
+#endif
 
 namespace fastddpm {
 

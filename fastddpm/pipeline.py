@@ -77,9 +77,14 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
 
 @dataclass
 class PipelineOutput:
-    """``images``: a list of PIL images, a float32 NHWC array in [0, 1], or an NCHW tensor in [0, 1]."""
+    """``images``: a list of PIL images, a float32 NHWC array in [0, 1], or an NCHW tensor in [0, 1].
+
+    ``cuda_graph``: "replayed" (one captured CUDA graph ran every step), "off" (not requested), or
+    "fallback: <why>" (requested, the capture failed, and the steps ran eagerly).
+    """
 
     images: Any
+    cuda_graph: str = "off"
 
 
 class Pipeline:
@@ -297,7 +302,7 @@ class Pipeline:
             philox_seed,
             repr(step_options),
         )
-        loop, replay = self._loop_for(
+        loop, replay, graph_status = self._loop_for(
             key,
             table,
             timesteps,
@@ -318,7 +323,7 @@ class Pipeline:
             ).clone()
 
         images = to_output(x, output_type)
-        return PipelineOutput(images) if return_dict else (images,)
+        return PipelineOutput(images, graph_status) if return_dict else (images,)
 
     def _schedule_for(
         self, sampler: str, steps: int | None, eta: float, device: torch.device, respacing=None, config=None
@@ -404,15 +409,18 @@ class Pipeline:
         table_driven = hasattr(scheduler, "step_table") and scheduler.graph_refusal() is None
         with tqdm(total=total, disable=not progress, desc=f"fastddpm {name}", leave=False) as bar:
             if table_driven:
-                x = self._run_multistep(
+                x, status = self._run_multistep(
                     scheduler, x, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar
                 )
             else:
                 x = run_scheduler_loop(
                     self.unet, scheduler, x, self.dtype, generator, philox_noise, progress=bar
                 )
+                wanted = use_cuda_graph if use_cuda_graph is not None else device.type == "cuda"
+                # a graph was asked for (or is the CUDA default) but this sampler has no step table yet
+                status = f"fallback: {name} runs diffusers' loop eagerly (no step table)" if wanted else "off"
         images = to_output(x, output_type)
-        return PipelineOutput(images) if return_dict else (images,)
+        return PipelineOutput(images, status) if return_dict else (images,)
 
     def _run_multistep(
         self, scheduler, x_T, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar
@@ -431,23 +439,25 @@ class Pipeline:
                noise_mode, seed if noise_mode == "philox" else None, bool(use_cuda_graph))  # fmt: skip
         if key not in self._loops:
             loop = MultistepLoop(self.unet, table, timesteps, shape, self.dtype, noise_mode, seed or 0)
-            replay = None
+            replay, status = None, "off"
             if use_cuda_graph:
                 buffers = [loop.x, loop.history, loop.step_index, loop.sample_offset]
-                replay = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+                capture = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+                replay = capture.replay
+                status = "replayed" if replay is not None else f"fallback: {capture.fallback}"
             self._loops.clear()
-            self._loops[key] = (loop, replay)
-        loop, replay = self._loops[key]
+            self._loops[key] = (loop, replay, status)
+        loop, replay, status = self._loops[key]
         draw = None
         if noise_mode == "torch":
             draw = lambda: randn_tensor(shape, generator, device, torch.float32)  # noqa: E731
         x_T = x_T * scheduler.init_noise_sigma
-        return loop.run(x_T, sample_offset, len(timesteps), draw, step=replay, progress=bar).clone()
+        return loop.run(x_T, sample_offset, len(timesteps), draw, step=replay, progress=bar).clone(), status
 
     def _loop_for(
         self, key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile, labeled=False
     ):
-        """The cached SamplingLoop (and its graph replay, or None for eager) for this call's settings."""
+        """The cached SamplingLoop, its graph replay (None: eager) and PipelineOutput.cuda_graph's value."""
         on_cuda = table.device.type == "cuda"
         if use_cuda_graph is None:
             use_cuda_graph = on_cuda
@@ -469,13 +479,15 @@ class Pipeline:
                 unet, table, timesteps, shape, self.dtype, step_options, noise, seed or 0, self._memory_format,
                 class_conditional=labeled,
             )  # fmt: skip
-            replay = None
+            replay, status = None, "off"
             if use_cuda_graph:
                 buffers = [loop.x, loop.step_index, loop.sample_offset]
                 buffers += [loop.class_labels] if loop.class_labels is not None else []
-                replay = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+                capture = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+                replay = capture.replay
+                status = "replayed" if replay is not None else f"fallback: {capture.fallback}"
             self._loops.clear()  # one live graph at a time: each holds a private memory pool
-            self._loops[key] = (loop, replay)
+            self._loops[key] = (loop, replay, status)
         return self._loops[key]
 
     def _use_memory_format(self, memory_format: torch.memory_format | None) -> None:

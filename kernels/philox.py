@@ -94,7 +94,9 @@ def _philox_kernel(
         counter = element.to(tl.uint32)
         zero = counter * 0
         r0, r1, r2, r3 = tl.philox(seed, counter, sample_index + zero, stream_counter + zero, zero)
-        plane = batch.to(tl.int64) * per_sample
+        # tl.cast, not batch.to(): compiled Triton passes an int argument equal to 1 as a constexpr, which
+        # has no .to(); tl.cast makes a tensor of either.
+        plane = tl.cast(batch, tl.int64) * per_sample
         tl.store(words_ptr + offset, r0.to(tl.int64), mask=mask)
         tl.store(words_ptr + plane + offset, r1.to(tl.int64), mask=mask)
         tl.store(words_ptr + 2 * plane + offset, r2.to(tl.int64), mask=mask)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
+from . import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
 from .philox import NO_PHILOX, philox_arguments, sample_normal
 
 
@@ -123,5 +123,6 @@ def q_sample(
         CHANNELS_LAST=is_channels_last(x0),
         BLOCK=block,
         **philox_args,
+        **EXACT_FLOAT32,
     )
     return out, eps

@@ -33,7 +33,7 @@ from fastddpm.ops.step_columns import (
     SQRT_ONE_MINUS_ABAR,
 )
 
-from . import FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
+from . import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
 from .philox import NO_PHILOX, philox_arguments, sample_normal
 
 PREDICTIONS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
@@ -273,5 +273,6 @@ def sampler_step(
         CHANNELS_LAST=is_channels_last(sample),
         BLOCK=block,
         **philox,
+        **EXACT_FLOAT32,
     )
     return x_prev, x0_hat

@@ -90,7 +90,7 @@ def random_unet(config: dict, seed: int = 0):
     weights would not notice a swapped or missing affine, so everything is redrawn here: weights ~ N(0, s^2)
     with s = 1/sqrt(fan_in), biases ~ N(0, 0.1^2), norm weights ~ 1 + N(0, 0.2^2), norm biases ~ N(0, 0.2^2).
     """
-    from diffusers import UNet2DModel
+    UNet2DModel = _diffusers().UNet2DModel
 
     torch.manual_seed(seed)
     model = UNet2DModel(**config).eval()
@@ -126,7 +126,7 @@ def ddpm_scheduler_config(**overrides) -> dict:
 
 def save_pipeline_folder(model, folder, scheduler_config: dict | None = None) -> Path:
     """Layout a, as DDPMPipeline.save_pretrained writes it."""
-    from diffusers import DDPMPipeline, DDPMScheduler
+    DDPMPipeline, DDPMScheduler = _diffusers().DDPMPipeline, _diffusers().DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(scheduler_config or ddpm_scheduler_config())
     DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(folder)
@@ -197,3 +197,10 @@ def save_hub_cache(model, cache, repo_id: str, scheduler_config: dict | None = N
     snapshot = repo / "snapshots" / commit
     save_flat_folder(model, snapshot, scheduler_config, **flat_options)
     return snapshot
+
+
+def _diffusers():
+    """diffusers, or a skip of the calling test where it is not installed (the GPU image lacks it)."""
+    import pytest
+
+    return pytest.importorskip("diffusers")

@@ -65,6 +65,17 @@ _CUDA_NOT_YET_RUN = (
     "FASTDDPM_BACKEND=ext uses them anyway"
 )
 
+# CUDA attention: a SIMT kernel (no tensor cores) against torch's SDPA (flash / cuDNN kernels), so it is
+# not assumed faster anywhere. Under "auto" it serves a CUDA call only where it was measured faster, on
+# this GPU, at this shape and dtype: the first such call times both (CUDA events, median of
+# _GATE_TIMED_CALLS after _GATE_WARMUP_CALLS), the answer is kept per (device, shapes, dtype), and the
+# kernel must win by _GATE_MARGIN. No measurement can run during CUDA graph capture or torch.compile
+# tracing; there the gate stays closed until an eager call measured it (the pipeline's warm-up is eager).
+_GATE_WARMUP_CALLS = 3
+_GATE_TIMED_CALLS = 10
+_GATE_MARGIN = 1.05  # SDPA time / kernel time must exceed this: a tie is not worth a second code path
+_cuda_attention_verdicts: dict[tuple, str | None] = {}  # key -> refusal reason, None: measured faster
+
 _extension: ModuleType | None = None
 _load_error: str | None = None
 _fakes_registered = False
@@ -266,7 +277,67 @@ def why_not_attention(
         reasons.append("attention: no keys (L = 0)")
     if not reasons and q.device.type == "cpu" and not _explicitly_chosen():
         reasons.append(_CPU_ATTENTION_REFUSAL)
+    if not reasons and q.device.type == "cuda" and not _explicitly_chosen():
+        refusal = cuda_attention_speed_gate(q, k, v, scale)
+        if refusal:
+            reasons.append(refusal)
     return reasons
+
+
+def _time_cuda(fn, warmup: int, timed: int) -> float:
+    """Median seconds of one call of fn, by CUDA events on the current stream."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(timed):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def _measure_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None
+) -> tuple[float, float]:
+    """(this kernel's, SDPA's) median seconds at these inputs."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        ext = _time_cuda(lambda: attention(q, k, v, scale), _GATE_WARMUP_CALLS, _GATE_TIMED_CALLS)
+        sdpa = _time_cuda(
+            lambda: F.scaled_dot_product_attention(q, k, v, scale=scale),
+            _GATE_WARMUP_CALLS,
+            _GATE_TIMED_CALLS,
+        )
+    return ext, sdpa
+
+
+def cuda_attention_speed_gate(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None
+) -> str | None:
+    """None where the CUDA attention kernel was measured faster than SDPA at these inputs, else why not."""
+    key = (str(q.device), tuple(q.shape), tuple(k.shape), q.dtype)
+    if key in _cuda_attention_verdicts:
+        return _cuda_attention_verdicts[key]
+    if torch.compiler.is_compiling() or (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+        # Not cached: an eager call measures it.
+        return "attention: not yet measured against SDPA at this shape (no timing during capture or compile)"
+    try:
+        ext, sdpa = _measure_attention(q, k, v, scale)
+    except Exception as exc:  # a kernel that fails here must not serve the U-Net; the tests report it
+        verdict = f"attention: the CUDA kernel failed when timed against SDPA: {type(exc).__name__}: {exc}"
+    else:
+        verdict = None
+        if sdpa < ext * _GATE_MARGIN:
+            verdict = (
+                f"attention: SDPA measured faster on {q.device} at q {tuple(q.shape)} {q.dtype} "
+                f"({sdpa * 1e6:.0f} us vs {ext * 1e6:.0f} us for this kernel)"
+            )
+    _cuda_attention_verdicts[key] = verdict
+    return verdict
 
 
 def why_not_winograd_conv3x3(x: torch.Tensor) -> list[str]:

@@ -41,8 +41,10 @@ def _kernels() -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name != "fastddpm.kernels":
             raise
-    # A source checkout (tests, editable use without a build): kernels/ sits next to fastddpm/.
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+    # A source checkout (tests, editable use without a build, bench/gpu_check.sh): kernels/ sits next to
+    # fastddpm/, two folders above this file (fastddpm/ops/).
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "kernels")
     spec = importlib.util.spec_from_file_location(
         "fastddpm.kernels", os.path.join(path, "__init__.py"), submodule_search_locations=[path]
     )

@@ -172,11 +172,14 @@ class GaussianDiffusion:
         clipped = (
             np.append(posterior_variance[1], posterior_variance[1:]) if len(betas) > 1 else posterior_variance
         )
-        log_var_min = np.log(clipped)
-        if self.config["sigma_small"]:
-            fixed_log_var = log_var_min
-        else:
-            fixed_log_var = np.log(np.append(clipped[0], betas[1:]))
+        # A one-step process has only the first step's variance, 0: its log is -inf, and that step adds no
+        # noise (their samplers multiply it by 0), so exp(-inf) = 0 is the right variance, without a warning.
+        with np.errstate(divide="ignore"):
+            log_var_min = np.log(clipped)
+            if self.config["sigma_small"]:
+                fixed_log_var = log_var_min
+            else:
+                fixed_log_var = np.log(np.append(clipped[0], betas[1:]))
         table = np.zeros((len(betas), NUM_COLUMNS), dtype=np.float64)
         table[:, SQRT_ABAR] = np.sqrt(abar)
         table[:, SQRT_ONE_MINUS_ABAR] = np.sqrt(1.0 - abar)

@@ -37,7 +37,7 @@ def test_loop_step_does_no_host_sync(small_unet, noise, monkeypatch):
     monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
     pipe = fastddpm.Pipeline.from_diffusers(small_unet)
     pipe(batch_size=2, num_inference_steps=3, sampler="ddpm", seed=1, noise=noise, progress=False)
-    ((loop, replay),) = pipe._loops.values()
+    ((loop, replay, _),) = pipe._loops.values()
     assert replay is None  # eager on CPU
     loop.start(torch.randn(loop.shape), sample_offset=7)
     with host_syncs_forbidden():
@@ -65,7 +65,9 @@ def test_cuda_graph_loop_matches_eager_and_auto_batch_runs(small_unet):
     common = dict(
         batch_size=4, num_inference_steps=10, seed=3, noise="philox", output_type="pt", progress=False
     )
-    graphed = pipe(use_cuda_graph=True, **common).images
+    graphed_output = pipe(use_cuda_graph=True, **common)
+    assert graphed_output.cuda_graph == "replayed"  # not a silent fallback to eager
+    graphed = graphed_output.images
     eager = pipe(use_cuda_graph=False, **common).images
     assert_close(graphed, eager, 1e-5, 0, "graph vs eager")
     again = pipe(use_cuda_graph=True, **{**common, "seed": 3}).images  # replays the cached graph

@@ -186,9 +186,23 @@ def test_cuda_group_norm_at_256px_unet_shapes(channels, size, dtype, channels_la
     _check(_inputs((2, channels, size, size), 32, dtype, channels_last=channels_last, device="cuda"))
 
 
+# (shape, groups) per path: the fused kernel holds a whole group in registers, so its shapes stay within
+# FUSED_MAX_GROUP elements per group; the split path also takes a group of 5 x 1023 = 5115.
+IRREGULAR_SHAPES = {
+    "fused": (((3, 6, 5, 7), 3), ((5, 96, 17, 9), 32), ((1, 40, 15, 17), 8)),
+    "split": (((3, 6, 5, 7), 3), ((5, 96, 17, 9), 32), ((1, 40, 31, 33), 8)),
+}
+
+
+def test_the_fused_gpu_cases_fit_the_fused_kernel():
+    # A fused case with a larger group raises instead of testing anything (runs on CPU: no launch).
+    for (_, c, h, w), groups in IRREGULAR_SHAPES["fused"]:
+        assert c // groups * h * w <= group_norm_kernels.FUSED_MAX_GROUP
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", ["fused", "split"])
 def test_cuda_group_norm_both_paths_on_irregular_shapes(path):
-    for shape, groups in (((3, 6, 5, 7), 3), ((5, 96, 17, 9), 32), ((1, 40, 31, 33), 8)):
+    for shape, groups in IRREGULAR_SHAPES[path]:
         for options in ("all", "affine", "silu"):
             _check(_inputs(shape, groups, torch.float32, options=options, device="cuda"), path=path)

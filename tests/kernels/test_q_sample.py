@@ -184,15 +184,18 @@ from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
 from fastddpm.ops import backend_triton as bt
 assert not bt.interpreted()
-def compile(module, kernel, signature, constexprs):
+def compile(module, kernel, signature, constexprs, options=None):
     fn = getattr(bt.kernel_module(module), kernel)
     signature = {**signature, **{name: "constexpr" for name in constexprs}}
     indexed = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
-    triton.compile(ASTSource(fn, signature, indexed), target=GPUTarget("cuda", 90, 32))
+    return triton.compile(ASTSource(fn, signature, indexed), target=GPUTarget("cuda", 90, 32), options=options)
 i32, counters = "i32", dict(seed="u64", sample_offset="*i64", stream="i64")
 in_memory = dict(OFFSET_IN_MEMORY=True, STREAM_IN_MEMORY=False)
 compile("philox", "_philox_kernel", dict(words_ptr="*i64", normal_ptr="*fp32", **counters, batch=i32, per_sample=i32),
         dict(**in_memory, WRITE_WORDS=True, BLOCK=1024))
+# batch 1: the JIT passes an int argument equal to 1 as a constexpr, so compile that variant too
+compile("philox", "_philox_kernel", dict(words_ptr="*i64", normal_ptr="*fp32", **counters, per_sample=i32),
+        dict(**in_memory, WRITE_WORDS=True, BLOCK=1024, batch=1))
 compile("q_sample", "_q_sample_kernel", dict(x0_ptr="*bf16", eps_ptr="*bf16", out_ptr="*bf16", timesteps_ptr="*i64",
         abar_ptr="*fp32", **counters, per_sample=i32, channels=i32, spatial=i32, blocks_per_sample=i32),
         dict(PHILOX=True, **in_memory, CHANNELS_LAST=True, BLOCK=1024))
@@ -202,6 +205,21 @@ for model, prediction, variance, ddim in [("fp16", 1, 2, True), ("fp32", 0, 1, F
             coeffs_stride=i32, per_sample=i32, channels=i32, spatial=i32, blocks_per_sample=i32),
             dict(DDIM=ddim, PREDICTION=prediction, VARIANCE=variance, CLIP=True, USE_CLIPPED=ddim, NOISE=2,
                  **in_memory, CHANNELS_LAST=True, BLOCK=1024))
+# float32 exactness: with the launchers' options no a * b + c is contracted into an FMA (torch rounds twice);
+# without them the same kernel has FMAs, so the check can tell. Noise from a tensor: Box-Muller's libdevice
+# log / cos use FMAs of their own, on purpose.
+exact = bt.kernel_module("q_sample").EXACT_FLOAT32
+q_fp32 = (dict(x0_ptr="*fp32", eps_ptr="*fp32", out_ptr="*fp32", timesteps_ptr="*i64", abar_ptr="*fp32",
+          **counters, per_sample=i32, channels=i32, spatial=i32, blocks_per_sample=i32),
+          dict(PHILOX=False, **in_memory, CHANNELS_LAST=False, BLOCK=1024))
+assert "fma.rn.f32" in compile("q_sample", "_q_sample_kernel", *q_fp32).asm["ptx"]
+assert "fma.rn.f32" not in compile("q_sample", "_q_sample_kernel", *q_fp32, options=exact).asm["ptx"]
+step_ptx = compile("sampler_step", "_sampler_step_kernel", dict(model_output_ptr="*fp32", sample_ptr="*fp32",
+        coeffs_ptr="*fp32", noise_ptr="*fp32", x_prev_ptr="*fp32", x0_ptr="*fp32", **counters, clip_range="fp32",
+        coeffs_stride=i32, per_sample=i32, channels=i32, spatial=i32, blocks_per_sample=i32),
+        dict(DDIM=False, PREDICTION=0, VARIANCE=1, CLIP=True, USE_CLIPPED=False, NOISE=1, **in_memory,
+             CHANNELS_LAST=False, BLOCK=1024), options=exact).asm["ptx"]
+assert "fma.rn.f32" not in step_ptx
 shape = dict(num_groups=i32, channels=i32, group_channels=i32, spatial=i32)
 pointers = dict(x_ptr="*fp16", out_ptr="*fp16", add_ptr="*fp32", weight_ptr="*fp32", bias_ptr="*fp32",
                 scale_ptr="*fp32", shift_ptr="*fp32")
