@@ -166,18 +166,7 @@ class DiscreteSigmaScheduler(ConfigMixin):
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """x = x0 + sigma * noise at the sigmas of ``timesteps``."""
-        step_sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        schedule = self.timesteps.to(original_samples.device)
-        timesteps = timesteps.to(original_samples.device)
-        if self._begin_index is None:
-            indices = [self.index_for_timestep(t, schedule) for t in timesteps]
-        else:
-            indices = [self._step_index if self._step_index is not None else self._begin_index] * len(
-                timesteps
-            )
-        sigma = step_sigmas[indices].flatten()
-        while sigma.dim() < original_samples.dim():
-            sigma = sigma.unsqueeze(-1)
+        sigma = sigmas.at_timesteps(self, timesteps, original_samples)
         return original_samples + noise * sigma
 
     def __len__(self) -> int:

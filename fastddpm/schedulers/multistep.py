@@ -248,18 +248,7 @@ class MultistepScheduler(ConfigMixin):
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """x_t = alpha_t x0 + sigma_t noise at the step sigmas of ``timesteps`` (VP form)."""
-        step_sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        schedule = self.timesteps.to(original_samples.device)
-        timesteps = timesteps.to(original_samples.device)
-        if self._begin_index is None:
-            indices = [self.index_for_timestep(t, schedule) for t in timesteps]
-        else:
-            indices = [self._step_index if self._step_index is not None else self._begin_index] * len(
-                timesteps
-            )
-        sigma = step_sigmas[indices].flatten()
-        while sigma.dim() < original_samples.dim():
-            sigma = sigma.unsqueeze(-1)
+        sigma = sigmas.at_timesteps(self, timesteps, original_samples)
         alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(sigma)
         return alpha_t * original_samples + sigma_t * noise
 

@@ -98,3 +98,20 @@ def spacing_of(config) -> str | None:
             "only one of use_beta_sigmas, use_exponential_sigmas, use_karras_sigmas can be set in the config"
         )
     return chosen[0] if chosen else None
+
+
+def at_timesteps(scheduler, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The step sigmas of ``timesteps`` (one per sample), shaped to broadcast over ``like``, looked up as
+    diffusers' add_noise looks them up: by timestep, or at the step index once a pipeline set a begin index."""
+    step_sigmas = scheduler.sigmas.to(device=like.device, dtype=like.dtype)
+    schedule = scheduler.timesteps.to(like.device)
+    timesteps = timesteps.to(like.device)
+    if scheduler._begin_index is None:
+        indices = [scheduler.index_for_timestep(t, schedule) for t in timesteps]
+    else:
+        current = scheduler._step_index if scheduler._step_index is not None else scheduler._begin_index
+        indices = [current] * len(timesteps)
+    sigma = step_sigmas[indices].flatten()
+    while sigma.dim() < like.dim():
+        sigma = sigma.unsqueeze(-1)
+    return sigma
