@@ -3,7 +3,7 @@
 # pytest, pytest-benchmark; no diffusers, no network). It always returns what it learned: every stage has
 # its own time limit and is stopped with SIGINT (pytest then still writes its summary and partial
 # results), no stage stops the next (no -x), and the whole run stays under 8 minutes (the stage limits
-# add up to 440 s, plus 5 s of grace after each SIGINT). At most 7 files land in $OUT; summary.txt has one line per stage:
+# add up to 435 s, plus 5 s of grace after each SIGINT). At most 8 files land in $OUT; summary.txt has one line per stage:
 # "passed", "failed N", "timed out after S s" or "skipped (why)".
 #
 # Before a GPU run, on a CPU machine: bash bench/gpu_prepare.sh (wheels the image lacks, into .whl/).
@@ -82,12 +82,12 @@ if [[ "$DRY" == "1" ]]; then
     # The sm_90 build is the GPU part: check the library that is there instead of compiling it again.
     run_stage build 60 "$OUT/build.log" "$PY" -c "import fastddpm.ops.backend_ext as e; assert e.is_built(), 'fastddpm._C is not built'; print('fastddpm._C loads; CUDA kernels:', e.ops_with_cuda_kernels())"
 else
-    run_stage build 160 "$OUT/build.log" "$PY" setup.py build_ext --inplace
+    run_stage build 150 "$OUT/build.log" "$PY" setup.py build_ext --inplace
 fi
 "$PY" -c "import fastddpm.ops.backend_ext as e; print('ext CUDA kernels:', e.ops_with_cuda_kernels())" 2>&1 | tee -a "$summary"
 
 # Every @pytest.mark.gpu test; without a GPU (dry) they all skip, which still checks collection.
-run_stage gpu-tests 95 "$OUT/gpu_tests.log" "$PY" -m pytest -m gpu -q -p no:cacheprovider -rfE tests
+run_stage gpu-tests 80 "$OUT/gpu_tests.log" "$PY" -m pytest -m gpu -q -p no:cacheprovider -rfE tests
 
 if [[ "$DRY" == "1" ]] || ! command -v compute-sanitizer >/dev/null; then
     note "stage compute-sanitizer: skipped ($([[ "$DRY" == "1" ]] && echo "dry run" || echo "not installed"))"
@@ -100,12 +100,21 @@ fi
 # minutes per shape (FASTDDPM_BENCH_COMPILE_BATCHES="" turns the compiled variants off).
 timing=(--benchmark-enable)
 [[ "$DRY" == "1" ]] && timing=(--collect-only)
-run_stage kernel-bench 60 "$OUT/bench.log" "$PY" -m pytest -q -p no:cacheprovider -rfE \
+run_stage kernel-bench 55 "$OUT/bench.log" "$PY" -m pytest -q -p no:cacheprovider -rfE \
     bench/test_bench_kernels.py bench/test_bench_ext.py -k "not test_cpu_" "${timing[@]}" \
     --benchmark-json "$OUT/kernels.json"
-run_stage e2e-bench 75 "$OUT/bench.log" env FASTDDPM_BENCH_COMPILE_BATCHES="" \
+run_stage e2e-bench 60 "$OUT/bench.log" env FASTDDPM_BENCH_COMPILE_BATCHES="" \
     FASTDDPM_BENCH_INTERLEAVED_ROUNDS=0 FASTDDPM_BENCH_ROUNDS=2 "$PY" -m pytest -q -s -p no:cacheprovider -rfE \
     bench/test_bench_e2e.py "${timing[@]}" -k "not compile"
+# ADM's U-Net forward (guided-diffusion 256x256 uncond flags, fp32, batch 1) against the independent reference
+# of OpenAI's UNetModel; the dry run times a narrow one on the CPU instead.
+if [[ "$DRY" == "1" ]]; then
+    adm_args=(--device cpu --width 16 --size 16 --repeats 1)
+else
+    adm_args=(--device cuda --repeats 5)
+fi
+# 40 s: building the full-width nets (about 550M parameters each) with random weights takes most of it.
+run_stage adm-forward 40 "$OUT/bench.log" "$PY" bench/adm_forward_bench.py "${adm_args[@]}" --out "$OUT/adm_forward.json"
 latest=$(ls -t bench/results/*"$(date +%F)"*.json 2>/dev/null | head -n 1)
 if [[ "$DRY" != "1" && -n "$latest" ]]; then
     cp "$latest" "$OUT/"  # the end-to-end results file that bench/e2e_results.py wrote
