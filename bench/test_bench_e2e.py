@@ -173,7 +173,7 @@ def test_fastddpm(benchmark, name, batch, variant):
 @pytest.mark.parametrize("name,batch", CASES, ids=[f"{n}-b{b}" for n, b in CASES])
 def test_fastddpm_fp32_images_match_diffusers(name, batch):
     """The speed rows' float32 fastddpm draws diffusers' images: the same checkpoint, sampler, steps and
-    generator (noise="torch"), output in [0, 1]; the issue's bar is max |diff| <= 1e-3. Recorded with the
+    generator (noise="torch"), output in [0, 1]; max |diff| <= 1e-4 on the CPU (1e-3 on a GPU). Recorded with the
     results, so the file says what accuracy the measured speed came with."""
     if batch > 16:
         pytest.skip("parity is checked at batch 16 and below (time-boxed GPU run)")
@@ -203,7 +203,11 @@ def test_fastddpm_fp32_images_match_diffusers(name, batch):
     ).images
     max_diff = float(abs(got - expected).max())
     e2e_results.record_parity(model=name, device=DEVICE, batch=batch, steps=STEPS, max_abs_diff=max_diff)
-    assert max_diff <= 1e-3, f"fastddpm fp32 vs diffusers fp32: max |diff| {max_diff:.3g} > 1e-3"
+    # CPU: measured 3.6e-5 (cifar10-32, Winograd F(4,3) on the 32 px levels) and 3.5e-5 (256 px family), so
+    # 1e-4. GPU: not measured yet (cuDNN picks its algorithms per call, TF32 convolutions by default), so
+    # the issue's 1e-3 until a GPU run says more.
+    bound = 1e-4 if torch.device(DEVICE).type == "cpu" else 1e-3
+    assert max_diff <= bound, f"fastddpm fp32 vs diffusers fp32: max |diff| {max_diff:.3g} > {bound:g}"
 
 
 INTERLEAVED_ROUNDS = int(os.environ.get("FASTDDPM_BENCH_INTERLEAVED_ROUNDS", 7))
