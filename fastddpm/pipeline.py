@@ -22,6 +22,7 @@ from fastddpm.engine.cuda_graph import capture_step
 from fastddpm.engine.multistep_loop import MultistepLoop
 from fastddpm.engine.sampling_loop import SamplingLoop
 from fastddpm.engine.scheduler_loop import run_scheduler_loop
+from fastddpm.models.adm_epsilon import AdmEpsilonNet
 from fastddpm.ops import noise as noise_module
 from fastddpm.ops.noise import randn_tensor
 from fastddpm.ops.step_columns import NOISE_ON
@@ -102,6 +103,7 @@ class Pipeline:
         self._schedules: dict[tuple, tuple] = {}
         self._compiled = None
         self._memory_format = torch.contiguous_format
+        self._adm_net: AdmEpsilonNet | None = None  # built on an ADM checkpoint's first fast-sampler call
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -165,8 +167,12 @@ class Pipeline:
         return (self.config["in_channels"], height, width)
 
     def make_scheduler(self, sampler: str, config: dict[str, Any] | None = None, karras: bool = False):
-        """The scheduler a sampler name stands for, from the checkpoint's (or the given) scheduler config."""
-        return samplers.make(sampler, self.scheduler_config if config is None else config, karras)
+        """The scheduler a sampler name stands for, from the checkpoint's (or the given) scheduler config;
+        for an ADM checkpoint, from the diffusers-style config of its process (GaussianDiffusion)."""
+        if config is None:
+            adm = isinstance(self.scheduler, GaussianDiffusion)
+            config = self.scheduler.scheduler_config() if adm else self.scheduler_config
+        return samplers.make(sampler, config, karras)
 
     # ---------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -214,6 +220,8 @@ class Pipeline:
         learned or fixed variances) or ddim_sample_loop (sampler="ddim", eta) over the process respaced by
         ``timestep_respacing`` (their syntax: "250", "10,15,20", "ddim25"; default: the load flags', or
         str(num_inference_steps)); noise="torch" draws one normal per step, the last included, as they do.
+        The fast sampler names run on their epsilon (x0 with predict_xstart) channels over all
+        diffusion_steps (karras=True too), with a diffusers-style config of the same betas.
         ``class_labels`` (tensor or list, one per image) for class-conditional models; None draws uniform
         labels from the generator before x_T (as their image_sample.py), or from Philox. ``latents`` is
         x_T (float32, the batch's shape): then the generator's first draw is the first step's noise.
@@ -222,14 +230,21 @@ class Pipeline:
             batch_size = auto_batch_size(self.unet, self.sample_shape(), self.dtype)
         scheduler_config = None
         if isinstance(self.scheduler, GaussianDiffusion):
-            # ADM's own process: their p_sample_loop (ddpm) or ddim_sample_loop (ddim), as load configured it
+            # ADM's own process: their p_sample_loop (ddpm) or ddim_sample_loop (ddim), as load configured it;
+            # a fast sampler name runs on its epsilon (x0) channels (_call_scheduler)
             sampler = "ddpm" if sampler is None else sampler
-            if sampler not in GRAPHED_SAMPLERS or karras:
-                raise ValueError(
-                    f"sampler {sampler!r}{' with karras=True' if karras else ''}: ADM checkpoints sample with "
-                    "'ddpm' or 'ddim' (their p_sample_loop / ddim_sample_loop); the fast samplers do not run "
-                    "on them yet"
-                )
+            if not isinstance(sampler, str):
+                raise ValueError("sampler: ADM checkpoints take a sampler name, not a scheduler instance")
+            if sampler not in GRAPHED_SAMPLERS and sampler in SAMPLERS:
+                if latents is not None or timestep_respacing is not None:
+                    raise ValueError(
+                        "latents and timestep_respacing apply to the ddpm and ddim samplers only"
+                    )
+                instance = self.make_scheduler(sampler, karras=karras)
+                return self._call_scheduler(
+                    instance, batch_size, num_inference_steps, generator, seed, noise, output_type, progress,
+                    sample_offset, return_dict, use_cuda_graph, class_labels,
+                )  # fmt: skip
         if sampler is None:
             sampler = self.scheduler
         graphed = sampler in GRAPHED_SAMPLERS or getattr(sampler, "kind", None) in GRAPHED_SAMPLERS
@@ -381,9 +396,11 @@ class Pipeline:
         sample_offset,
         return_dict,
         use_cuda_graph=None,
+        class_labels=None,
     ):
         """Any other scheduler: DPM-Solver in the table-driven loop (engine/multistep_loop.py), the rest
-        in diffusers' loop, eagerly (engine/scheduler_loop.py)."""
+        in diffusers' loop, eagerly (engine/scheduler_loop.py). An ADM net runs through AdmEpsilonNet, its
+        class labels drawn before x_T as the ddpm / ddim path draws them."""
         name = type(scheduler).__name__
         if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
             raise TypeError(f"sampler must be a name or a scheduler with set_timesteps and step, got {name}")
@@ -394,6 +411,10 @@ class Pipeline:
         philox_noise = None
         if noise == "philox":
             seed = 0 if seed is None else seed
+        elif generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+        net = self._adm_epsilon_net(class_labels, batch_size, generator, noise, seed, sample_offset, device)
+        if noise == "philox":
             x = noise_module.philox_normal(seed, sample_offset, batch_size, shape[1:], 0, device=device)
             # step i's noise: Philox stream i + 1, as the graphed loop's steps use
             philox_noise = (
@@ -402,20 +423,16 @@ class Pipeline:
                 )
             )
         else:
-            if generator is None and seed is not None:
-                generator = torch.Generator("cpu").manual_seed(seed)
             x = randn_tensor(shape, generator, device, torch.float32)
         total = len(scheduler.timesteps)
         table_driven = hasattr(scheduler, "step_table") and scheduler.graph_refusal() is None
         with tqdm(total=total, disable=not progress, desc=f"fastddpm {name}", leave=False) as bar:
             if table_driven:
                 x, status = self._run_multistep(
-                    scheduler, x, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar
+                    scheduler, x, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar, net
                 )
             else:
-                x = run_scheduler_loop(
-                    self.unet, scheduler, x, self.dtype, generator, philox_noise, progress=bar
-                )
+                x = run_scheduler_loop(net, scheduler, x, self.dtype, generator, philox_noise, progress=bar)
                 wanted = use_cuda_graph if use_cuda_graph is not None else device.type == "cuda"
                 # a graph was asked for (or is the CUDA default) but this sampler has no step table yet
                 status = f"fallback: {name} runs diffusers' loop eagerly (no step table)" if wanted else "off"
@@ -423,7 +440,7 @@ class Pipeline:
         return PipelineOutput(images, status) if return_dict else (images,)
 
     def _run_multistep(
-        self, scheduler, x_T, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar
+        self, scheduler, x_T, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar, net=None
     ):
         """A DPM-Solver schedule in the table-driven, sync-free MultistepLoop (graphed on CUDA)."""
         device = self.device
@@ -438,7 +455,7 @@ class Pipeline:
         key = ("multistep", shape, self.dtype, table.cpu().numpy().tobytes(), tuple(timesteps.tolist()),
                noise_mode, seed if noise_mode == "philox" else None, bool(use_cuda_graph))  # fmt: skip
         if key not in self._loops:
-            loop = MultistepLoop(self.unet, table, timesteps, shape, self.dtype, noise_mode, seed or 0)
+            loop = MultistepLoop(net or self.unet, table, timesteps, shape, self.dtype, noise_mode, seed or 0)
             replay, status = None, "off"
             if use_cuda_graph:
                 buffers = [loop.x, loop.history, loop.step_index, loop.sample_offset]
@@ -489,6 +506,18 @@ class Pipeline:
             self._loops.clear()  # one live graph at a time: each holds a private memory pool
             self._loops[key] = (loop, replay, status)
         return self._loops[key]
+
+    def _adm_epsilon_net(self, labels, batch_size, generator, noise, seed, sample_offset, device):
+        """The network the fast samplers' loops call: the U-Net itself, or for an ADM checkpoint one
+        AdmEpsilonNet per pipeline (cached loops and graphs keep calling it) holding this batch's labels."""
+        if not isinstance(self.scheduler, GaussianDiffusion):
+            return self.unet  # __call__ refused class_labels for it
+        labels = self._class_labels(labels, batch_size, generator, noise, seed, sample_offset, device)
+        if self._adm_net is None or self._adm_net.unet is not self.unet:
+            scale = self.scheduler.model_timestep_scale()
+            self._adm_net = AdmEpsilonNet(self.unet, scale, self.config["in_channels"])
+        self._adm_net.set_class_labels(labels)
+        return self._adm_net
 
     def _use_memory_format(self, memory_format: torch.memory_format | None) -> None:
         """Convert the network's weights once to NHWC (channels_last) or back to NCHW."""

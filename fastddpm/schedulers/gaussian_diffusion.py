@@ -146,6 +146,21 @@ class GaussianDiffusion:
     def prediction_type(self) -> str:
         return "sample" if self.config["predict_xstart"] else "epsilon"
 
+    def scheduler_config(self) -> dict[str, Any]:
+        """A diffusers-style scheduler config of the same process, for the fast samplers: their float64
+        betas over all diffusion_steps (trained_betas), predicting what the model's first channels hold.
+        Each sampler keeps its own defaults for the rest (spacing, solver settings)."""
+        return {
+            "num_train_timesteps": self.num_train_timesteps,
+            "trained_betas": self.base_betas.tolist(),
+            "prediction_type": self.prediction_type(),
+        }
+
+    def model_timestep_scale(self) -> float:
+        """What the model's timestep input is per process timestep: 1000 / diffusion_steps with
+        rescale_timesteps (their _scale_timesteps), else 1."""
+        return 1000.0 / self.num_train_timesteps if self.config["rescale_timesteps"] else 1.0
+
     def respaced(self, respacing: str | int | None) -> tuple[list[int], np.ndarray]:
         """(kept original timesteps ascending, betas of the respaced process), float64."""
         if respacing is None:

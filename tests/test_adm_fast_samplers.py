@@ -1,0 +1,141 @@
+"""The fast samplers on ADM checkpoints against diffusers' standard loop with diffusers' own scheduler class.
+
+The reference loop is written out here: the scheduler config derived from their process (trained_betas =
+their float64 betas, num_train_timesteps = diffusion_steps, epsilon prediction), x_T * init_noise_sigma,
+scale_model_input, the independent reference net (tests/adm_reference.py) at t * 1000 / diffusion_steps
+when rescale_timesteps, its first 3 (epsilon) channels, step. Tiny nets and few steps keep it fast.
+"""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+import torch
+
+import fastddpm
+from fastddpm import pipeline as pipeline_module
+from fastddpm.schedulers import samplers
+from tests.adm_checkpoint import reference_model, save_checkpoint
+
+# max |ours - diffusers' loop| / max |diffusers' loop| over the raw final samples, measured: 1.5e-7 .. 9.8e-7
+# on the 4-level nets (float32 nets and summation order), 5.0e-6 .. 7.0e-6 on the deeper improved_lsun-shaped
+# x0 net (its convolutions differ more from the reference's, as in test_adm_sampling.py). Wrong timestep
+# scaling gives 2e-2 .. 3.4e-2, the variance half instead of epsilon 0.5.
+TOLERANCE = 2e-5
+
+
+def diffusers_loop(model, flags, name, karras, steps, batch, size, labels, generator):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from tests import adm_reference
+
+    class_name, overrides = samplers.SAMPLERS[name]
+    betas = adm_reference.named_beta_schedule(flags["noise_schedule"], flags["diffusion_steps"])
+    config = {
+        "num_train_timesteps": flags["diffusion_steps"],
+        "trained_betas": betas.tolist(),
+        "prediction_type": "sample" if flags["predict_xstart"] else "epsilon",
+        **overrides,
+        **({"use_karras_sigmas": True} if karras else {}),
+    }
+    scheduler = getattr(diffusers, class_name).from_config(config)
+    scheduler.set_timesteps(steps)
+    if labels is None and flags["class_cond"]:
+        labels = torch.randint(0, 1000, (batch,), generator=generator)  # drawn before x_T, as their scripts
+    x = randn_tensor((batch, 3, size, size), generator=generator, dtype=torch.float32)
+    x = x * scheduler.init_noise_sigma
+    scale = 1000.0 / flags["diffusion_steps"] if flags["rescale_timesteps"] else 1.0
+    kwargs = {"y": labels} if flags["class_cond"] else {}
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(x, t)
+            t_model = (t.float() * scale).reshape(1).expand(batch)
+            eps = model(model_input, t_model, **kwargs)[:, :3]
+            step_kwargs = (
+                {"generator": generator} if "generator" in scheduler.step.__code__.co_varnames else {}
+            )
+            x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+    return x
+
+
+@pytest.fixture(scope="module")
+def pipes(tmp_path_factory):
+    """improved_cifar10: learn_sigma, rescale_timesteps, 4000 cosine steps; guided_64_cond: class labels,
+    1000 cosine steps, no rescaling; x0_prediction: predict_xstart, fixed variances, 1000 linear steps."""
+    loaded = {}
+    for key, family, extra in [
+        ("improved_cifar10", "improved_cifar10", ""),
+        ("guided_64_cond", "guided_64_cond", ""),
+        ("x0_prediction", "improved_lsun", "--learn_sigma False --predict_xstart True"),
+    ]:
+        model, given, flags, size = reference_model(family, extra_flags=extra)
+        path = save_checkpoint(model, tmp_path_factory.mktemp(key) / "model.pt")
+        loaded[key] = (fastddpm.load(path, sample_size=size, **given), model, flags, size)
+    return loaded
+
+
+CASES = [
+    ("improved_cifar10", "dpm++2m", False, 6, None),
+    ("improved_cifar10", "unipc", False, 6, None),
+    ("improved_cifar10", "euler", False, 6, None),
+    ("improved_cifar10", "euler", True, 5, None),  # Karras sigmas: float timesteps
+    ("improved_cifar10", "heun", False, 3, None),
+    ("improved_cifar10", "dpm++2m-sde", False, 5, None),
+    ("improved_cifar10", "euler-a", False, 5, None),
+    ("guided_64_cond", "dpm++2m", True, 5, [3, 777]),
+    ("guided_64_cond", "unipc", False, 5, None),  # labels drawn from the generator before x_T
+    ("guided_64_cond", "heun", False, 3, [10, 0]),
+    ("guided_64_cond", "pndm", False, 5, [1, 2]),
+    ("guided_64_cond", "deis", False, 5, [5, 6]),
+    ("guided_64_cond", "dpm++3m", False, 5, [7, 8]),
+    ("x0_prediction", "euler", False, 4, None),
+    ("x0_prediction", "dpm++2m", True, 4, None),
+]
+
+
+@pytest.mark.parametrize("family, name, karras, steps, labels", CASES)
+def test_fast_samplers_match_diffusers_loop_on_adm(pipes, family, name, karras, steps, labels, monkeypatch):
+    pipe, model, flags, size = pipes[family]
+    # Random nets' epsilon is far from the noise, so their few-step samples lie far outside [-1, 1] and
+    # the images would all clamp to 0 or 1 (equal whatever the loop did): compare the raw final samples.
+    monkeypatch.setattr(pipeline_module, "to_output", lambda x, output_type: x)
+    samples = pipe(
+        batch_size=2, sampler=name, num_inference_steps=steps, karras=karras, class_labels=labels,
+        generator=torch.Generator().manual_seed(4), output_type="pt", progress=False,
+    ).images  # fmt: skip
+    label_tensor = None if labels is None else torch.tensor(labels)
+    expected = diffusers_loop(
+        model, flags, name, karras, steps, 2, size, label_tensor, torch.Generator().manual_seed(4)
+    )
+    assert expected.abs().max().item() > 1.5  # far from the clamp: the comparison can fail
+    error = ((samples - expected).abs().max() / expected.abs().max()).item()
+    print(f"MEASURED {family} {name} karras={karras}: {error:.2e} of {expected.abs().max().item():.3g}")
+    assert error < TOLERANCE
+
+
+def test_fast_sampler_names_are_no_longer_refused_and_unknown_ones_error(pipes):
+    pipe = pipes["improved_cifar10"][0]
+    run = dict(batch_size=1, num_inference_steps=2, output_type="pt", progress=False)
+    images = pipe(sampler="dpm++2m", noise="philox", seed=1, **run).images
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+    with pytest.raises(ValueError, match=r"^sampler 'dpm\+\+9m' is not one of ddpm, ddim, pndm") as error:
+        pipe(sampler="dpm++9m", **run)
+    assert "\n" not in str(error.value) and "do not run" not in str(error.value)
+    with pytest.raises(ValueError, match="latents and timestep_respacing apply to the ddpm and ddim"):
+        pipe(sampler="unipc", timestep_respacing="3", **run)
+    with pytest.raises(ValueError, match="'ddim' has no Karras sigmas"):
+        pipe(sampler="ddim", karras=True, **run)
+
+
+def test_philox_labels_and_noise_do_not_depend_on_the_batch(pipes):
+    pipe = pipes["guided_64_cond"][0]
+    run = dict(sampler="dpm++2m-sde", num_inference_steps=3, noise="philox", seed=3, output_type="pt")
+    both = pipe(batch_size=2, progress=False, **run).images
+    second = pipe(batch_size=1, sample_offset=1, progress=False, **run).images
+    assert (both[1:] - second).abs().max().item() < 1e-5
+
+
+def test_x0_models_refuse_samplers_without_sample_prediction_in_one_line(pipes):
+    pipe = pipes["x0_prediction"][0]
+    with pytest.raises(ValueError, match="prediction_type='sample' is not epsilon or v_prediction"):
+        pipe(batch_size=1, sampler="pndm", num_inference_steps=2, progress=False)
