@@ -19,6 +19,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Every test ends on the thread count it started with: the CLI sets torch's threads (to the free
+    cores), and a test calling its main() directly once left 2 threads to every later test, which moved
+    results that depend on oneDNN's reduction order (Heun on an ADM net: 7e-6 -> 1.2e-4)."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu_items_without_cuda(items)
 

@@ -21,6 +21,8 @@ from tests.adm_checkpoint import reference_model, save_checkpoint
 # on the 4-level nets (float32 nets and summation order), 5.0e-6 .. 7.0e-6 on the deeper improved_lsun-shaped
 # x0 net (its convolutions differ more from the reference's, as in test_adm_sampling.py). Wrong timestep
 # scaling gives 2e-2 .. 3.4e-2, the variance half instead of epsilon 0.5.
+# On one torch thread (tests/conftest.py); with two, oneDNN's other reduction order grows Heun's error on
+# guided_64_cond to 1.2e-4 in its 3 steps.
 TOLERANCE = 2e-5
 
 
