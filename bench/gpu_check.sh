@@ -109,7 +109,7 @@ run_stage e2e-bench 60 "$OUT/bench.log" env FASTDDPM_BENCH_COMPILE_BATCHES="" \
 # ADM's U-Net forward (guided-diffusion 256x256 uncond flags, fp32, batch 1) against the independent reference
 # of OpenAI's UNetModel; the dry run times a narrow one on the CPU instead.
 if [[ "$DRY" == "1" ]]; then
-    adm_args=(--device cpu --width 16 --size 16 --repeats 1)
+    adm_args=(--device cpu --width 32 --size 32 --repeats 1)
 else
     adm_args=(--device cuda --repeats 5)
 fi
