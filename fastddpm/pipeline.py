@@ -460,8 +460,7 @@ class Pipeline:
             if use_cuda_graph:
                 buffers = [loop.x, loop.history, loop.step_index, loop.sample_offset]
                 capture = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
-                replay = capture.replay
-                status = "replayed" if replay is not None else f"fallback: {capture.fallback}"
+                replay, status = capture.replay, capture.status
             self._loops.clear()
             self._loops[key] = (loop, replay, status)
         loop, replay, status = self._loops[key]
@@ -501,8 +500,7 @@ class Pipeline:
                 buffers = [loop.x, loop.step_index, loop.sample_offset]
                 buffers += [loop.class_labels] if loop.class_labels is not None else []
                 capture = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
-                replay = capture.replay
-                status = "replayed" if replay is not None else f"fallback: {capture.fallback}"
+                replay, status = capture.replay, capture.status
             self._loops.clear()  # one live graph at a time: each holds a private memory pool
             self._loops[key] = (loop, replay, status)
         return self._loops[key]

@@ -25,6 +25,11 @@ class Capture:
     replay: Callable[[], None] | None
     fallback: str | None = None
 
+    @property
+    def status(self) -> str:
+        """PipelineOutput.cuda_graph's value: "replayed", or "fallback: <why>"."""
+        return "replayed" if self.replay is not None else f"fallback: {self.fallback}"
+
 
 def capture_step(step: Callable[[], None], buffers: list[torch.Tensor]) -> Capture:
     """Capture ``step`` as a CUDA graph. ``buffers`` are the tensors ``step`` mutates; they are restored

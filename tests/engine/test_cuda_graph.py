@@ -58,6 +58,7 @@ def test_a_capture_failure_falls_back_visibly_with_buffers_restored(fake_cuda):
         capture = cuda_graph.capture_step(step, [x])
     assert capture.replay is None
     assert capture.fallback == "RuntimeError: operation not permitted when stream is capturing"
+    assert capture.status == "fallback: RuntimeError: operation not permitted when stream is capturing"
     assert torch.equal(x, torch.zeros(3))  # the two warm-up calls are undone
 
 
@@ -65,4 +66,5 @@ def test_a_successful_capture_replays(fake_cuda):
     x = torch.zeros(3)
     capture = cuda_graph.capture_step(lambda: x.add_(1), [x])
     assert capture.replay is not None and capture.fallback is None
+    assert capture.status == "replayed"
     assert torch.equal(x, torch.zeros(3))
