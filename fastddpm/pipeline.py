@@ -31,7 +31,10 @@ from fastddpm.schedulers.gaussian_diffusion import GaussianDiffusion
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 SAMPLERS = samplers.NAMES
-GRAPHED_SAMPLERS = ("ddpm", "ddim")  # the others run in the eager scheduler loop (engine/scheduler_loop.py)
+GRAPHED_SAMPLERS = (
+    "ddpm",
+    "ddim",
+)  # SamplingLoop; the others run in MultistepLoop (or, eagerly, scheduler_loop)
 DEFAULT_FAST_SAMPLER_STEPS = 50  # as diffusers' DDIMPipeline; the multistep solvers do well with 10-25
 NOISE_MODES = ("torch", "philox")
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -398,8 +401,8 @@ class Pipeline:
         use_cuda_graph=None,
         class_labels=None,
     ):
-        """Any other scheduler: DPM-Solver in the table-driven loop (engine/multistep_loop.py), the rest
-        in diffusers' loop, eagerly (engine/scheduler_loop.py). An ADM net runs through AdmEpsilonNet, its
+        """Any other scheduler: in the table-driven loop (engine/multistep_loop.py) where its config is
+        linear (``graph_refusal`` says why not), else in diffusers' loop, eagerly (engine/scheduler_loop.py). An ADM net runs through AdmEpsilonNet, its
         class labels drawn before x_T as the ddpm / ddim path draws them."""
         name = type(scheduler).__name__
         if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
@@ -425,7 +428,8 @@ class Pipeline:
         else:
             x = randn_tensor(shape, generator, device, torch.float32)
         total = len(scheduler.timesteps)
-        table_driven = hasattr(scheduler, "step_table") and scheduler.graph_refusal() is None
+        refusal = scheduler.graph_refusal() if hasattr(scheduler, "multistep_table") else "no step table"
+        table_driven = refusal is None
         with tqdm(total=total, disable=not progress, desc=f"fastddpm {name}", leave=False) as bar:
             if table_driven:
                 x, status = self._run_multistep(
@@ -435,18 +439,17 @@ class Pipeline:
                 x = run_scheduler_loop(net, scheduler, x, self.dtype, generator, philox_noise, progress=bar)
                 wanted = use_cuda_graph if use_cuda_graph is not None else device.type == "cuda"
                 # a graph was asked for (or is the CUDA default) but this sampler has no step table yet
-                status = f"fallback: {name} runs diffusers' loop eagerly (no step table)" if wanted else "off"
+                status = f"fallback: {name} runs diffusers' loop eagerly ({refusal})" if wanted else "off"
         images = to_output(x, output_type)
         return PipelineOutput(images, status) if return_dict else (images,)
 
     def _run_multistep(
         self, scheduler, x_T, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar, net=None
     ):
-        """A DPM-Solver schedule in the table-driven, sync-free MultistepLoop (graphed on CUDA)."""
+        """A schedule in the table-driven, sync-free MultistepLoop (graphed on CUDA)."""
         device = self.device
-        sde = scheduler.config.algorithm_type.startswith("sde")
-        noise_mode = noise if sde else None
-        table = scheduler.step_table().to(device)
+        noise_mode = noise if scheduler.noise_every_step else None
+        table = scheduler.multistep_table().to(device)
         timesteps = scheduler.timesteps.to(device)
         on_cuda = device.type == "cuda"
         use_cuda_graph = on_cuda if use_cuda_graph is None else use_cuda_graph
@@ -458,8 +461,7 @@ class Pipeline:
             loop = MultistepLoop(net or self.unet, table, timesteps, shape, self.dtype, noise_mode, seed or 0)
             replay, status = None, "off"
             if use_cuda_graph:
-                buffers = [loop.x, loop.history, loop.step_index, loop.sample_offset]
-                capture = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+                capture = capture_step(loop.step, loop.buffers())
                 replay, status = capture.replay, capture.status
             self._loops.clear()
             self._loops[key] = (loop, replay, status)

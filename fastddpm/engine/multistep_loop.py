@@ -1,9 +1,10 @@
-"""The sync-free, graph-capturable loop for the table-driven multistep solvers (DPM-Solver family).
+"""The sync-free, graph-capturable loop for the table-driven samplers (all but DDPM / DDIM).
 
-Like SamplingLoop, one ``step`` reads its timestep and coefficient row with a device-resident step index,
-runs the U-Net, then one fused ``ops.multistep_update`` over static buffers: x, the history of earlier
-converted outputs (newest first) and the noise. The history shift is two device copies, so the step has
-no host work and one captured CUDA graph replays for every step.
+Like SamplingLoop, one ``step`` reads its timestep and table row (step_columns.py, MS_*) with a
+device-resident step index, runs the network on x (divided by the row's input divisor where the sampler
+scales its input), then one fused ``ops.multistep_update`` maps (x, model output, noise, state) to the
+next x and state, written back into static buffers. The step has no host work, so one captured CUDA
+graph replays for every network evaluation (Heun's and PNDM's extra evaluations are rows of their own).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from fastddpm import ops
-from fastddpm.ops.step_columns import MS_HISTORY
+from fastddpm.ops.step_columns import MS_INPUT_DIVISOR, MS_MATRIX, ms_state_slots
 
 
 class MultistepLoop:
@@ -30,25 +31,34 @@ class MultistepLoop:
         device = table.device
         self.unet, self.table, self.timesteps = unet, table, timesteps
         self.shape, self.net_dtype, self.noise_mode, self.seed = shape, net_dtype, noise_mode, seed
+        slots = ms_state_slots(table.shape[1])
+        # decided once from the host copy: most samplers never scale the input, and skip the division
+        self.divides_input = bool((table[:, MS_INPUT_DIVISOR].cpu() != 1).any())
         self.x = torch.zeros(shape, dtype=torch.float32, device=device)
-        self.history = torch.zeros((MS_HISTORY, *shape), dtype=torch.float32, device=device)
+        self.state = torch.zeros((slots, *shape), dtype=torch.float32, device=device)
         self.step_index = torch.zeros(1, dtype=torch.int64, device=device)
         self.sample_offset = torch.zeros((), dtype=torch.int64, device=device)
         self.noise = torch.zeros_like(self.x) if noise_mode == "torch" else None
 
+    def buffers(self) -> list[torch.Tensor]:
+        """The static tensors a captured graph reads and writes."""
+        return [self.x, self.state, self.step_index, self.sample_offset] + (
+            [self.noise] if self.noise is not None else []
+        )
+
     def step(self) -> None:
-        """x <- multistep_update(unet(x, t[i]), x, history, table[i], noise); shift history; i += 1."""
+        """x, state <- multistep_update(net(x / divisor, t[i]), x, state, row i, noise); i += 1."""
         index = self.step_index
         t = self.timesteps.index_select(0, index).expand(self.shape[0])
-        coeffs = self.table.index_select(0, index).squeeze(0)
-        model_output = self.unet(self.x.to(self.net_dtype), t).float()
+        row = self.table.index_select(0, index).squeeze(0)
+        net_input = self.x / row[MS_INPUT_DIVISOR] if self.divides_input else self.x
+        model_output = self.unet(net_input.to(self.net_dtype), t).float()
         if self.noise_mode == "philox":
             noise = ops.PhiloxNoise(self.seed, self.sample_offset, index.squeeze(0) + 1)
         else:
             noise = self.noise
-        x_next, converted = ops.multistep_update(model_output, self.x, self.history, coeffs, noise)
-        self.history[1].copy_(self.history[0])
-        self.history[0].copy_(converted)
+        x_next, state = ops.multistep_update(model_output, self.x, self.state, row[MS_MATRIX:], noise)
+        self.state.copy_(state)
         self.x.copy_(x_next)
         self.step_index.add_(1)
 
@@ -61,10 +71,11 @@ class MultistepLoop:
         step: Callable[[], None] | None = None,
         progress=None,
     ) -> torch.Tensor:
-        """All steps from x_T; ``draw_noise`` (torch mode, SDE) fills each step's noise on the host, so a
-        shared torch.Generator is drawn exactly when diffusers draws it."""
+        """All steps from x_T (already scaled by the scheduler's init_noise_sigma); ``draw_noise`` (torch
+        mode, noise_every_step samplers) fills each step's noise on the host, so a shared torch.Generator
+        is drawn exactly when diffusers draws it."""
         self.x.copy_(x_T)
-        self.history.zero_()
+        self.state.zero_()
         self.step_index.zero_()
         self.sample_offset.fill_(sample_offset)
         step = step or self.step

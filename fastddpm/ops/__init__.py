@@ -205,10 +205,10 @@ def sampler_step(
 def multistep_update(
     model_output: torch.Tensor,
     sample: torch.Tensor,
-    history: torch.Tensor,
-    coeffs: torch.Tensor,
+    state: torch.Tensor,
+    matrix: torch.Tensor,
     noise: torch.Tensor | PhiloxNoise | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One multistep-solver step from a table row; (x_next, converted output). See
-    reference.multistep_update and the MS_* columns of step_columns.py."""
-    return _dispatch("multistep_update", model_output, sample, history, coeffs, noise)
+    """One step of a table-driven sampler: (x_next, next state) = the row's matrix times (x,
+    model_output, noise, state). See reference.multistep_update and the MS_* columns of step_columns.py."""
+    return _dispatch("multistep_update", model_output, sample, state, matrix, noise)

@@ -54,8 +54,8 @@ def why_not_sampler_step(*args, **kwargs) -> list[str]:
     return []
 
 
-def multistep_update(model_output, sample, history, coeffs, noise):
-    return reference.multistep_update(model_output, sample, history, coeffs, _materialise(noise, sample))
+def multistep_update(model_output, sample, state, matrix, noise):
+    return reference.multistep_update(model_output, sample, state, matrix, _materialise(noise, sample))
 
 
 def why_not_multistep_update(*args, **kwargs) -> list[str]:

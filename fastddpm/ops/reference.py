@@ -15,13 +15,6 @@ from fastddpm.ops.step_columns import (
     COEF_XT,
     LOG_VAR_MAX,
     LOG_VAR_MIN,
-    MS_A,
-    MS_C0,
-    MS_C1,
-    MS_C2,
-    MS_CONV_OUT,
-    MS_CONV_X,
-    MS_NOISE,
     NOISE_ON,
     SIGMA,
     SQRT_ABAR,
@@ -173,18 +166,23 @@ def sampler_step(
 def multistep_update(
     model_output: torch.Tensor,
     sample: torch.Tensor,
-    history: torch.Tensor,
-    coeffs: torch.Tensor,
+    state: torch.Tensor,
+    matrix: torch.Tensor,
     noise: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One multistep-solver step as a linear combination (step_columns.py, MS_*): (x_next, m).
+    """One step of any multistep sampler as a linear map (step_columns.py, MS_*): (x_next, next state).
 
-    ``history`` (MS_HISTORY, *sample.shape) holds the previous converted outputs, newest first; the
-    caller shifts it and stores ``m`` after the call. ``noise`` is N(0, I) or None (SDE variants only).
+    ``state`` is (K, *sample.shape) float32; ``matrix`` the row's (K + 1) * (K + 3) coefficients after
+    MS_MATRIX; ``noise`` N(0, I), or None when the step adds none (its column must then be 0).
     """
-    c = coeffs
-    m = c[MS_CONV_X] * sample + c[MS_CONV_OUT] * model_output
-    x_next = c[MS_A] * sample + c[MS_C0] * m + c[MS_C1] * history[0] + c[MS_C2] * history[1]
-    if noise is not None:
-        x_next = x_next + c[MS_NOISE] * noise
-    return x_next, m
+    slots = state.shape[0]
+    inputs = [sample, model_output, noise if noise is not None else torch.zeros_like(sample)]
+    inputs += list(state.unbind(0))
+    m = matrix.reshape(slots + 1, slots + 3)
+    outputs = []
+    for r in range(slots + 1):
+        acc = m[r, 0] * inputs[0]
+        for c in range(1, slots + 3):
+            acc = acc + m[r, c] * inputs[c]
+        outputs.append(acc)
+    return outputs[0], torch.stack(outputs[1:]) if slots else state.clone()

@@ -24,16 +24,28 @@ NUM_COLUMNS = 8
 FIXED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 VARIANCE_TYPES = FIXED_VARIANCE_TYPES + ("learned", "learned_range")
 
-# Multistep tables (DPM-Solver family, ops.multistep_update): one row per step of
-#   m      = MS_CONV_X * x + MS_CONV_OUT * model_output          (the converted output: x0 or eps)
-#   x_next = MS_A * x + MS_C0 * m + MS_C1 * h[0] + MS_C2 * h[1] + MS_NOISE * z
-# with h[0], h[1] the converted outputs of the two previous steps.
-MS_CONV_X = 0
-MS_CONV_OUT = 1
-MS_A = 2
-MS_C0 = 3
-MS_C1 = 4
-MS_C2 = 5
-MS_NOISE = 6
-MS_NUM_COLUMNS = 7
-MS_HISTORY = 2  # earlier converted outputs kept (solver order 3 at most)
+# Multistep tables (every sampler but DDPM / DDIM, ops.multistep_update): one row per network evaluation.
+# A step is linear in its inputs
+#     v = (x, model_output, z, h_0, ..., h_{K-1})      (K + 3 vectors; z the step's N(0, I) noise)
+# and gives K + 1 outputs
+#     (x_next, h'_0, ..., h'_{K-1}) = M v,               M = the row's (K + 1) x (K + 3) matrix,
+# where h is the solver's state: earlier converted outputs (newest first), a kept sample (UniPC's
+# corrector, Heun's second stage, PNDM's warm-up) or a running sum (PNDM's Runge-Kutta steps). Each row
+# says what every state slot becomes, so shifting, keeping and accumulating are all the same op.
+MS_INPUT_DIVISOR = 0  # the network sees x / this (sqrt(sigma^2 + 1) for Euler and Heun, else 1)
+MS_MATRIX = 1  # then M, row-major
+MS_X, MS_OUT, MS_NOISE, MS_STATE = 0, 1, 2, 3  # input columns of M: x, model_output, z, then h_k
+MS_MAX_STATE = 5  # PNDM's Runge-Kutta warm-up: 3 outputs, the kept sample and the running sum
+
+
+def ms_row_width(slots: int) -> int:
+    """Columns of a multistep table whose rows carry ``slots`` state vectors."""
+    return MS_MATRIX + (slots + 1) * (slots + 3)
+
+
+def ms_state_slots(row_width: int) -> int:
+    """The K of a multistep table row ``row_width`` columns wide."""
+    for slots in range(MS_MAX_STATE + 1):
+        if ms_row_width(slots) == row_width:
+            return slots
+    raise ValueError(f"a multistep table row has {row_width} columns, which fits no state size")

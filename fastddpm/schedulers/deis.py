@@ -7,6 +7,7 @@ log rho exactly: x_next = alpha_next (x / alpha_now + sum_k c_k eps_k).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 
 from fastddpm.schedulers.base import SchedulerOutput
 from fastddpm.schedulers.config_mixin import register_to_config
+from fastddpm.schedulers.linear_rows import OUT, LinearStep, X, shifted, slot
 from fastddpm.schedulers.multistep import MultistepScheduler
 
 
@@ -33,6 +35,17 @@ def _integral_3(t, b, c, d):
         _log(c) * (_log(d) - _log(t) + 1) - _log(d) * _log(t) + _log(d) + _log(t) ** 2 - 2 * _log(t) + 2
     )
     return numerator / ((_log(b) - _log(c)) * (_log(b) - _log(d)))
+
+
+def _integral_2_float(t: float, b: float, c: float) -> float:
+    """_integral_2 in float64 (the step table's coefficients)."""
+    return t * (-math.log(c) + math.log(t) - 1) / (math.log(b) - math.log(c))
+
+
+def _integral_3_float(t: float, b: float, c: float, d: float) -> float:
+    lt, lc, ld = math.log(t), math.log(c), math.log(d)
+    numerator = t * (lc * (ld - lt + 1) - ld * lt + ld + lt**2 - 2 * lt + 2)
+    return numerator / ((math.log(b) - lc) * (math.log(b) - ld))
 
 
 class DEISMultistepScheduler(MultistepScheduler):
@@ -138,3 +151,63 @@ class DEISMultistepScheduler(MultistepScheduler):
         coef2 = _integral_3(rho_t, rho_s1, rho_s2, rho_s0) - _integral_3(rho_s0, rho_s1, rho_s2, rho_s0)
         coef3 = _integral_3(rho_t, rho_s2, rho_s0, rho_s1) - _integral_3(rho_s0, rho_s2, rho_s0, rho_s1)
         return alpha_t * (x / alpha_s0 + coef1 * m[-1] + coef2 * m[-2] + coef3 * m[-3])
+
+    def graph_refusal(self) -> str | None:
+        if self.config.thresholding:
+            return "dynamic thresholding is not a linear update"
+        return super().graph_refusal()
+
+    def _order_at(self, i: int) -> int:
+        """The order ``step`` takes at step i (lower near the start and, optionally, at the end)."""
+        c, n = self.config, len(self.timesteps)
+        lower_final = c.lower_order_final and n < 15
+        if c.solver_order == 1 or i < 1 or (i == n - 1 and lower_final):
+            return 1
+        if c.solver_order == 2 or i < 2 or (i == n - 2 and lower_final):
+            return 2
+        return 3
+
+    def linear_steps(self) -> list[LinearStep]:
+        """convert_model_output (eps through x0) and ``_update`` of the order ``step`` takes, in float64."""
+
+        def alpha_sigma(j: int) -> tuple[float, float]:
+            alpha = 1 / (float(self.sigmas[j]) ** 2 + 1) ** 0.5
+            return alpha, float(self.sigmas[j]) * alpha
+
+        prediction, steps = self.config.prediction_type, []
+        for i in range(len(self.timesteps)):
+            alpha_s0, sigma_s0 = alpha_sigma(i)
+            if prediction == "epsilon":
+                x0 = (X - sigma_s0 * OUT) / alpha_s0
+            elif prediction == "sample":
+                x0 = OUT
+            else:
+                x0 = alpha_s0 * X - sigma_s0 * OUT
+            m = (X - alpha_s0 * x0) / sigma_s0
+            alpha_t, sigma_t = alpha_sigma(i + 1)
+            order = self._order_at(i)
+            if order == 1:
+                h = (math.log(alpha_t) - math.log(sigma_t)) - (math.log(alpha_s0) - math.log(sigma_s0))
+                x_next = (alpha_t / alpha_s0) * X - (sigma_t * math.expm1(h)) * m
+            else:
+                rho_t, rho_s0 = sigma_t / alpha_t, sigma_s0 / alpha_s0
+                alpha_s1, sigma_s1 = alpha_sigma(i - 1)
+                rho_s1 = sigma_s1 / alpha_s1
+                if order == 2:
+                    coef1 = _integral_2_float(rho_t, rho_s0, rho_s1) - _integral_2_float(
+                        rho_s0, rho_s0, rho_s1
+                    )
+                    coef2 = _integral_2_float(rho_t, rho_s1, rho_s0) - _integral_2_float(
+                        rho_s0, rho_s1, rho_s0
+                    )
+                    x_next = alpha_t * (X / alpha_s0 + coef1 * m + coef2 * slot(0))
+                else:
+                    alpha_s2, sigma_s2 = alpha_sigma(i - 2)
+                    rho_s2 = sigma_s2 / alpha_s2
+                    i3 = _integral_3_float
+                    coef1 = i3(rho_t, rho_s0, rho_s1, rho_s2) - i3(rho_s0, rho_s0, rho_s1, rho_s2)
+                    coef2 = i3(rho_t, rho_s1, rho_s2, rho_s0) - i3(rho_s0, rho_s1, rho_s2, rho_s0)
+                    coef3 = i3(rho_t, rho_s2, rho_s0, rho_s1) - i3(rho_s0, rho_s2, rho_s0, rho_s1)
+                    x_next = alpha_t * (X / alpha_s0 + coef1 * m + coef2 * slot(0) + coef3 * slot(1))
+            steps.append(LinearStep(x_next, shifted(m, self.state_slots)))
+        return steps

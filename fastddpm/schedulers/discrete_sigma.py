@@ -14,9 +14,10 @@ import torch
 from fastddpm.schedulers import schedules, sigmas
 from fastddpm.schedulers.base import ALL_SCHEDULERS, TIMESTEP_SPACINGS
 from fastddpm.schedulers.config_mixin import ConfigMixin
+from fastddpm.schedulers.linear_rows import TableDriven
 
 
-class DiscreteSigmaScheduler(ConfigMixin):
+class DiscreteSigmaScheduler(TableDriven, ConfigMixin):
     order = 1
     _compatibles = ALL_SCHEDULERS
     prediction_types = ("epsilon", "sample", "v_prediction")

@@ -20,6 +20,7 @@ import torch
 from fastddpm.ops.noise import randn_tensor
 from fastddpm.schedulers.base import SchedulerOutput
 from fastddpm.schedulers.config_mixin import register_to_config
+from fastddpm.schedulers.linear_rows import NOISE, OUT, LinearStep, X, shifted, slot
 from fastddpm.schedulers.multistep import MultistepScheduler
 
 ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
@@ -216,31 +217,37 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             x_t = x_t - 2.0 * (sigma_t * (phi / h - 1.0)) * D1
         return x_t + sigma_t * torch.sqrt(torch.exp(2 * h) - 1.0) * noise
 
-    def graph_refusal(self) -> str | None:
-        """Why the table-driven, graphed loop cannot run this config (None: it can)."""
-        if self.config.thresholding:
-            return "dynamic thresholding is not a linear update"
-        if self.config.variance_type in ("learned", "learned_range"):
-            return "a learned-variance model output"
-        if self.num_inference_steps is None:
-            return "set_timesteps has not been called"
-        return None
+    state_slots = 2  # the converted outputs of the two previous steps (order 3 reads both)
 
-    def step_table(self) -> torch.Tensor:
-        """(steps, MS_NUM_COLUMNS) float32 rows of ops.multistep_update for the whole schedule: the
-        conversion of the model output and the update, with the order each step of ``step`` takes."""
+    @property
+    def noise_every_step(self) -> bool:
+        return self._is_sde
+
+    def graph_refusal(self) -> str | None:
+        c = self.config
+        if c.thresholding:
+            return "dynamic thresholding is not a linear update"
+        if c.variance_type in ("learned", "learned_range"):
+            return "a learned-variance model output"
+        if c.algorithm_type == "sde-dpmsolver" and c.solver_order == 3:
+            return "sde-dpmsolver has no order 3 (as in diffusers)"
+        return super().graph_refusal()
+
+    def linear_steps(self) -> list[LinearStep]:
+        """Each step's conversion of the model output and its update, with the order ``step`` takes."""
         saved = (self._step_index, self.lower_order_nums)
-        rows = []
+        steps = []
         try:
             for i in range(len(self.timesteps)):
                 self._step_index, self.lower_order_nums = i, min(i, self.config.solver_order)
                 conv_x, conv_out = self._conversion_row(i)
-                rows.append(
-                    torch.cat([torch.tensor([conv_x, conv_out], dtype=torch.float64), self.update_row()])
-                )
+                a, c0, c1, c2, s = self.update_row().tolist()
+                m = conv_x * X + conv_out * OUT
+                x_next = a * X + c0 * m + c1 * slot(0) + c2 * slot(1) + s * NOISE
+                steps.append(LinearStep(x_next, shifted(m, self.state_slots)))
         finally:
             self._step_index, self.lower_order_nums = saved
-        return torch.stack(rows).float()
+        return steps
 
     def _conversion_row(self, i: int) -> tuple[float, float]:
         """(weight of x, weight of the model output) of convert_model_output at step i (it is linear)."""

@@ -20,6 +20,12 @@ from fastddpm.schedulers import sigmas
 from fastddpm.schedulers.base import SchedulerOutput
 from fastddpm.schedulers.config_mixin import register_to_config
 from fastddpm.schedulers.discrete_sigma import DiscreteSigmaScheduler
+from fastddpm.schedulers.linear_rows import NOISE, OUT, LinearStep, X
+
+
+def input_divisor(sigma: float) -> float:
+    """What scale_model_input divides the sample by at noise level sigma."""
+    return (sigma**2 + 1) ** 0.5
 
 
 def x0_from_output(config, model_output: torch.Tensor, sample: torch.Tensor, sigma) -> torch.Tensor:
@@ -146,6 +152,18 @@ class EulerDiscreteScheduler(DiscreteSigmaScheduler):
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
 
+    state_slots = 0  # Euler keeps nothing between steps
+
+    def linear_steps(self) -> list[LinearStep]:
+        """``step`` without churn (the pipeline never churns): x + (x - x0) / sigma * (sigma_next - sigma)."""
+        sig = [float(s) for s in self.sigmas]
+        steps = []
+        for i in range(len(self.timesteps)):
+            x0 = x0_from_output(self.config, OUT, X, sig[i])
+            x_next = X + (X - x0) * ((sig[i + 1] - sig[i]) / sig[i])
+            steps.append(LinearStep(x_next, [], input_divisor(sig[i])))
+        return steps
+
 
 class EulerAncestralDiscreteScheduler(DiscreteSigmaScheduler):
     """Euler ancestral sampling, as diffusers.EulerAncestralDiscreteScheduler."""
@@ -209,3 +227,18 @@ class EulerAncestralDiscreteScheduler(DiscreteSigmaScheduler):
         prev = (prev + noise * sigma_up).to(model_output.dtype)
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
+
+    state_slots = 0
+    noise_every_step = True  # diffusers draws every step's noise, the last one's (sigma_up = 0) too
+
+    def linear_steps(self) -> list[LinearStep]:
+        sig = [float(s) for s in self.sigmas]
+        steps = []
+        for i in range(len(self.timesteps)):
+            sigma_from, sigma_to = sig[i], sig[i + 1]
+            sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+            sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+            x0 = x0_from_output(self.config, OUT, X, sigma_from)
+            x_next = X + (X - x0) * ((sigma_down - sigma_from) / sigma_from) + sigma_up * NOISE
+            steps.append(LinearStep(x_next, [], input_divisor(sigma_from)))
+        return steps

@@ -17,7 +17,8 @@ from fastddpm.schedulers import schedules, sigmas
 from fastddpm.schedulers.base import SchedulerOutput
 from fastddpm.schedulers.config_mixin import register_to_config
 from fastddpm.schedulers.discrete_sigma import DiscreteSigmaScheduler
-from fastddpm.schedulers.euler import x0_from_output
+from fastddpm.schedulers.euler import input_divisor, x0_from_output
+from fastddpm.schedulers.linear_rows import OUT, LinearStep, X, slot
 
 
 class HeunDiscreteScheduler(DiscreteSigmaScheduler):
@@ -107,3 +108,26 @@ class HeunDiscreteScheduler(DiscreteSigmaScheduler):
         prev = sample + derivative * dt
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
+
+    state_slots = 2  # the first evaluation's sample and slope, for the second
+
+    def graph_refusal(self) -> str | None:
+        if self.config.clip_sample:
+            return "clip_sample is not a linear update"
+        return super().graph_refusal()
+
+    def linear_steps(self) -> list[LinearStep]:
+        """The evaluations in pairs as ``step`` takes them: an Euler step that keeps (x, slope) in slots
+        0 and 1, then the step redone from the kept x with the mean slope (the last step is Euler only)."""
+        sig = [float(s) for s in self.sigmas]
+        steps, first = [], True
+        for i in range(len(self.timesteps)):
+            if first:
+                slope = (X - x0_from_output(self.config, OUT, X, sig[i])) / sig[i]
+                steps.append(LinearStep(X + slope * (sig[i + 1] - sig[i]), [X, slope], input_divisor(sig[i])))
+            else:
+                slope = (slot(1) + (X - x0_from_output(self.config, OUT, X, sig[i])) / sig[i]) / 2
+                x_next = slot(0) + slope * (sig[i] - sig[i - 1])
+                steps.append(LinearStep(x_next, [slot(0), slot(1)], input_divisor(sig[i])))
+            first = not first
+        return steps

@@ -17,11 +17,12 @@ from fastddpm.ops import reference
 from fastddpm.schedulers import schedules, sigmas
 from fastddpm.schedulers.base import ALL_SCHEDULERS, TIMESTEP_SPACINGS, refuse_unsupported
 from fastddpm.schedulers.config_mixin import ConfigMixin
+from fastddpm.schedulers.linear_rows import TableDriven
 
 MULTISTEP_PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
 
-class MultistepScheduler(ConfigMixin):
+class MultistepScheduler(TableDriven, ConfigMixin):
     order = 1
     init_noise_sigma = 1.0
     _compatibles = ALL_SCHEDULERS

@@ -19,11 +19,12 @@ import torch
 from fastddpm.schedulers import schedules
 from fastddpm.schedulers.base import ALL_SCHEDULERS, TIMESTEP_SPACINGS, SchedulerOutput
 from fastddpm.schedulers.config_mixin import ConfigMixin, register_to_config
+from fastddpm.schedulers.linear_rows import OUT, ZERO, Lin, LinearStep, TableDriven, X, slot
 
 PNDM_ORDER = 4
 
 
-class PNDMScheduler(ConfigMixin):
+class PNDMScheduler(TableDriven, ConfigMixin):
     """PRK warm-up + PLMS, as diffusers.PNDMScheduler."""
 
     kind = "pndm"
@@ -206,3 +207,70 @@ class PNDMScheduler(ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+    # ------------------------------------------------------------------------------ the step table
+    # slots: the last three outputs PLMS keeps (newest first), the kept sample, the Runge-Kutta sum
+    OUTPUTS, KEPT, RK_SUM = (0, 1, 2), 3, 4
+
+    @property
+    def state_slots(self) -> int:
+        return 4 if self.config.skip_prk_steps else 5
+
+    def _transfer(self, sample: Lin, timestep: int, prev_timestep: int, model_output: Lin) -> Lin:
+        """_get_prev_sample in float64 over linear combinations."""
+        abar = self.alphas_cumprod
+        alpha_prod_t = float(abar[timestep])
+        alpha_prod_t_prev = float(abar[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod)
+        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+        if self.config.prediction_type == "v_prediction":
+            model_output = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
+        sample_coeff = (alpha_prod_t_prev / alpha_prod_t) ** 0.5
+        denom = alpha_prod_t * beta_prod_t_prev**0.5 + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev) ** 0.5
+        return sample_coeff * sample - (alpha_prod_t_prev - alpha_prod_t) / denom * model_output
+
+    def linear_steps(self) -> list[LinearStep]:
+        """``step_prk`` then ``step_plms`` call by call, tracking how many outputs PLMS holds."""
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps before building the step table")
+        n, train = self.num_inference_steps, self.config.num_train_timesteps
+        stride = train // n
+        outputs = [slot(k) for k in self.OUTPUTS]
+        pushed = [OUT, outputs[0], outputs[1]]
+        kept, rk_sum = slot(self.KEPT), (slot(self.RK_SUM) if not self.config.skip_prk_steps else None)
+        timesteps = self.timesteps.tolist()
+        prk_calls = 0 if self.config.skip_prk_steps else len(self.prk_timesteps)
+        steps, held = [], 0  # held: len(self.ets) as step() leaves it
+        for counter, timestep in enumerate(timesteps):
+            state = outputs + [kept] + ([rk_sum] if rk_sum is not None else [])
+            if counter < prk_calls:
+                phase = counter % 4
+                prev_timestep = timestep - (0 if counter % 2 else stride // 2)
+                base_timestep = int(self.prk_timesteps[counter // 4 * 4])
+                if phase == 0:
+                    state = pushed + [X, OUT / 6]
+                    held += 1
+                    x_next = self._transfer(X, base_timestep, prev_timestep, OUT)
+                elif phase in (1, 2):
+                    state[self.RK_SUM] = rk_sum + OUT / 3
+                    x_next = self._transfer(kept, base_timestep, prev_timestep, OUT)
+                else:
+                    state[self.RK_SUM] = ZERO
+                    x_next = self._transfer(kept, base_timestep, prev_timestep, rk_sum + OUT / 6)
+            elif counter == 1 and self.config.skip_prk_steps:
+                # the repeated warm-up timestep: the first step redone from x_T with the mean output
+                x_next = self._transfer(kept, timestep + stride, timestep, (OUT + outputs[0]) / 2)
+            else:
+                held = min(held, 3) + 1
+                state[: len(self.OUTPUTS)] = pushed
+                if held == 1:
+                    eps = OUT
+                    state[self.KEPT] = X
+                elif held == 2:
+                    eps = (3 * OUT - outputs[0]) / 2
+                elif held == 3:
+                    eps = (23 * OUT - 16 * outputs[0] + 5 * outputs[1]) / 12
+                else:
+                    eps = (1 / 24) * (55 * OUT - 59 * outputs[0] + 37 * outputs[1] - 9 * outputs[2])
+                x_next = self._transfer(X, timestep, timestep - stride, eps)
+            steps.append(LinearStep(x_next, state))
+        return steps

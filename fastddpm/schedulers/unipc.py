@@ -8,12 +8,15 @@ solve a small Vandermonde system in r_k = (lambda_k - lambda_0) / h.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastddpm.schedulers.base import SchedulerOutput
 from fastddpm.schedulers.config_mixin import register_to_config
+from fastddpm.schedulers.linear_rows import OUT, Lin, LinearStep, X, slot
 from fastddpm.schedulers.multistep import MultistepScheduler
 
 SOLVER_TYPES = ("bh1", "bh2")
@@ -201,3 +204,89 @@ class UniPCMultistepScheduler(MultistepScheduler):
             self.lower_order_nums += 1
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    # ------------------------------------------------------------------------------ the step table
+    @property
+    def state_slots(self) -> int:
+        """The last solver_order converted outputs (the corrector reads them all), then the kept sample."""
+        return self.config.solver_order + 1
+
+    def graph_refusal(self) -> str | None:
+        if self.config.thresholding:
+            return "dynamic thresholding is not a linear update"
+        return super().graph_refusal()
+
+    def _bh_weights(self, order: int, now: int, corrector: bool):
+        """float64 (scale, a, h_phi_1, B_h, rks, rhos) of ``_bh_system`` for a UniP / UniC update."""
+        lam, alpha, sigma = [], [], []
+        for j in range(len(self.sigmas)):
+            a = 1 / (float(self.sigmas[j]) ** 2 + 1) ** 0.5
+            s = float(self.sigmas[j]) * a
+            alpha.append(a)
+            sigma.append(s)
+            lam.append(math.log(a) - math.log(s) if s > 0 else math.inf)
+        h = lam[now + 1] - lam[now]
+        rks = [(lam[now - k] - lam[now]) / h for k in range(1, order)] + [1.0]
+        hh = -h if self.predict_x0 else h
+        h_phi_1 = math.expm1(hh)
+        h_phi_k = h_phi_1 / hh - 1
+        B_h = hh if self.config.solver_type == "bh1" else math.expm1(hh)
+        R, b, factorial_i = [], [], 1
+        for i in range(1, order + 1):
+            R.append([rk ** (i - 1) for rk in rks])
+            b.append(h_phi_k * factorial_i / B_h)
+            factorial_i *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial_i
+        R, b = np.array(R), np.array(b)
+        if corrector:
+            rhos = [0.5] if order == 1 else np.linalg.solve(R, b).tolist()
+        else:
+            rhos = [0.5] if order == 2 else np.linalg.solve(R[:-1, :-1], b[:-1]).tolist() if order > 2 else []
+        if self.predict_x0:
+            scale, a = alpha[now + 1], sigma[now + 1] / sigma[now]
+        else:
+            scale, a = sigma[now + 1], alpha[now + 1] / alpha[now]
+        return scale, a, h_phi_1, B_h, rks, rhos
+
+    def _converted(self, i: int) -> Lin:
+        """convert_model_output at step i."""
+        alpha = 1 / (float(self.sigmas[i]) ** 2 + 1) ** 0.5
+        sigma = float(self.sigmas[i]) * alpha
+        prediction = self.config.prediction_type
+        if self.predict_x0:
+            return {
+                "epsilon": (X - sigma * OUT) / alpha,
+                "sample": OUT,
+                "v_prediction": alpha * X - sigma * OUT,
+            }[prediction]
+        return {"epsilon": OUT, "sample": (X - alpha * OUT) / sigma, "v_prediction": alpha * OUT + sigma * X}[
+            prediction
+        ]
+
+    def linear_steps(self) -> list[LinearStep]:
+        """Per step: UniC corrects the previous prediction (slots: outputs newest first, then the kept
+        sample), then UniP predicts from the corrected sample, with the orders ``step`` takes."""
+        p, n = self.config.solver_order, len(self.timesteps)
+        kept = slot(p)
+        steps, previous_order = [], 1
+        for i in range(n):
+            m = self._converted(i)
+            sample = X
+            if i > 0 and i - 1 not in self.disable_corrector:
+                scale, a, h_phi_1, B_h, rks, rhos = self._bh_weights(previous_order, i - 1, corrector=True)
+                res = sum(
+                    (rhos[k - 1] * (slot(k) - slot(0)) / rks[k - 1] for k in range(1, previous_order)), Lin()
+                )
+                res = res + rhos[-1] * (m - slot(0))
+                sample = a * kept - scale * h_phi_1 * slot(0) - scale * B_h * res
+            order = min(p, n - i) if self.config.lower_order_final else p
+            order = min(order, min(i, p) + 1)
+            outputs = [m] + [slot(k) for k in range(p - 1)]  # the history after the push
+            scale, a, h_phi_1, B_h, rks, rhos = self._bh_weights(order, i, corrector=False)
+            x_next = a * sample - scale * h_phi_1 * m
+            if order > 1:
+                res = sum((rhos[k - 1] * (outputs[k] - m) / rks[k - 1] for k in range(1, order)), Lin())
+                x_next = x_next - scale * B_h * res
+            steps.append(LinearStep(x_next, [*outputs, sample]))
+            previous_order = order
+        return steps

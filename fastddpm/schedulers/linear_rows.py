@@ -1,0 +1,128 @@
+"""Multistep tables: every network evaluation of a sampler written as a linear map, one table row each.
+
+All the samplers but DDPM / DDIM step linearly: the next sample and the solver's state (earlier converted
+outputs, a kept sample, a running sum) are fixed linear combinations of the current sample, the model
+output, the step's noise and the previous state, with coefficients that depend on the step only. A
+sampler's ``linear_steps`` writes each evaluation's update with ``Lin`` values, in the same expressions
+as its ``step`` (in float64); ``multistep_table`` lays them out as step_columns.py's MS_* rows, which the
+table-driven loop (engine/multistep_loop.py) feeds to ops.multistep_update. Nothing here runs per step
+at sampling time: the table is built once per schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastddpm.ops.step_columns import (
+    MS_INPUT_DIVISOR,
+    MS_MATRIX,
+    MS_NOISE,
+    MS_OUT,
+    MS_STATE,
+    MS_X,
+    ms_row_width,
+)
+
+
+class Lin:
+    """A linear combination of a step's inputs (x, the model output, the noise, state slots)."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: dict[int, float] | None = None) -> None:
+        self.terms = dict(terms or {})
+
+    def __add__(self, other: Lin) -> Lin:
+        terms = dict(self.terms)
+        for column, weight in other.terms.items():
+            terms[column] = terms.get(column, 0.0) + weight
+        return Lin(terms)
+
+    def __sub__(self, other: Lin) -> Lin:
+        return self + other * -1.0
+
+    def __mul__(self, scale: float) -> Lin:
+        scale = float(scale)
+        return Lin({column: weight * scale for column, weight in self.terms.items()})
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, divisor: float) -> Lin:
+        return self * (1.0 / float(divisor))
+
+    def __neg__(self) -> Lin:
+        return self * -1.0
+
+
+X = Lin({MS_X: 1.0})  # the sample the step starts from
+OUT = Lin({MS_OUT: 1.0})  # the network's output at it
+NOISE = Lin({MS_NOISE: 1.0})  # the step's N(0, I) draw
+ZERO = Lin()
+
+
+def slot(k: int) -> Lin:
+    """State slot k as the step finds it."""
+    return Lin({MS_STATE + k: 1.0})
+
+
+@dataclass
+class LinearStep:
+    """One network evaluation: the network sees x / input_divisor; x becomes x_next, slot k becomes
+    state[k]."""
+
+    x_next: Lin
+    state: list[Lin]
+    input_divisor: float = 1.0
+
+
+def shifted(new: Lin, slots: int) -> list[Lin]:
+    """The first ``slots`` slots as a history, newest first, with ``new`` pushed in front."""
+    return [new] + [slot(k) for k in range(slots - 1)] if slots else []
+
+
+def build_table(steps: list[LinearStep], slots: int) -> torch.Tensor:
+    """(len(steps), ms_row_width(slots)) float32: coefficients computed in float64, rounded once."""
+    width = slots + 3
+    table = torch.zeros((len(steps), ms_row_width(slots)), dtype=torch.float64)
+    for i, step in enumerate(steps):
+        if len(step.state) != slots:
+            raise ValueError(f"step {i} sets {len(step.state)} state slots, the table has {slots}")
+        table[i, MS_INPUT_DIVISOR] = step.input_divisor
+        for r, lin in enumerate([step.x_next, *step.state]):
+            for column, weight in lin.terms.items():
+                if column >= width:
+                    raise ValueError(f"step {i} reads state slot {column - MS_STATE}, the table has {slots}")
+                table[i, MS_MATRIX + r * width + column] = weight
+    return table.float()
+
+
+class TableDriven:
+    """What a sampler provides to run in the table-driven loop (mixed into the scheduler classes).
+
+    Subclasses set ``state_slots`` and implement ``linear_steps`` (after set_timesteps, one LinearStep
+    per entry of ``timesteps``) and, where a config cannot be written linearly, ``graph_refusal``.
+    """
+
+    state_slots = 2
+    noise_every_step = False  # diffusers draws noise in every step (SDE / ancestral samplers)
+
+    def linear_steps(self) -> list[LinearStep]:
+        raise NotImplementedError
+
+    def graph_refusal(self) -> str | None:
+        """Why the table-driven loop cannot run this config (None: it can)."""
+        if getattr(self, "num_inference_steps", None) is None:
+            return "set_timesteps has not been called"
+        return None
+
+    def multistep_table(self) -> torch.Tensor:
+        """The whole schedule's MS_* rows, in loop order (float32, on the CPU)."""
+        refusal = self.graph_refusal()
+        if refusal is not None:
+            raise ValueError(f"{type(self).__name__} cannot run table-driven: {refusal}")
+        steps = self.linear_steps()
+        if len(steps) != len(self.timesteps):
+            raise AssertionError(f"{len(steps)} table rows for {len(self.timesteps)} timesteps")
+        return build_table(steps, self.state_slots)

@@ -1,0 +1,128 @@
+"""Every table-driven sampler: MultistepLoop (step table + ops.multistep_update) against the scheduler's
+own ``step`` run in diffusers' standard loop, over the config matrix each family has.
+
+The schedulers' ``step`` equals diffusers' bit for bit (tests/schedulers), so this checks the table form
+against diffusers' numbers. The table rounds float64 coefficients once and folds the conversion of the
+model output into the update, so float32 sums differ in order: measured worst max |diff| / (1 + max |x|)
+over this matrix 7.6e-6 (UniPC; the others <= 2.0e-6; bound 2e-5). One family is looser: UniPC with predict_x0=False and
+prediction_type="sample" turns x0 into eps through 1 / sigma (about 100 at the smallest sigma), and there the
+float32 scheduler loop itself is 5.5e-5 off the same loop in float64, while the table is 2.0e-5 off it
+(table vs scheduler 6.4e-5; bound 1e-4).
+"""
+
+import itertools
+
+import pytest
+import torch
+
+import fastddpm.schedulers as schedulers
+from fastddpm.engine.multistep_loop import MultistepLoop
+from fastddpm.engine.scheduler_loop import run_scheduler_loop
+
+SHAPE = (2, 3, 4, 5)
+TOL = 2e-5
+TOL_THROUGH_ONE_OVER_SIGMA = 1e-4
+
+
+class DummyNet(torch.nn.Module):
+    """A smooth nonlinear stand-in for a U-Net: output depends on x and (fractional) t."""
+
+    def forward(self, x, t):
+        return torch.sin(0.7 * x + t.float().reshape(-1, 1, 1, 1) / 97.0) * 1.3
+
+
+def _configs():
+    predictions = ["epsilon", "v_prediction", "sample"]
+    yield from (
+        ("DPMSolverMultistepScheduler", {"algorithm_type": a, "solver_order": o, "prediction_type": p})
+        for a, o, p in itertools.product(["dpmsolver++", "sde-dpmsolver++"], [1, 2, 3], predictions)
+    )
+    yield (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver", "solver_order": 3, "final_sigmas_type": "sigma_min"},
+    )
+    yield "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"}
+    yield "DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "solver_type": "heun", "solver_order": 3}
+    yield (
+        "DPMSolverMultistepScheduler",
+        {"use_lu_lambdas": True, "lower_order_final": False, "solver_order": 3},
+    )
+    for order, solver, x0, p in itertools.product([1, 2, 3], ["bh1", "bh2"], [True, False], predictions):
+        yield "UniPCMultistepScheduler", {"solver_order": order, "solver_type": solver, "predict_x0": x0,
+                                          "prediction_type": p, "final_sigmas_type": "sigma_min"}  # fmt: skip
+    yield "UniPCMultistepScheduler", {"solver_order": 3}  # final sigma 0
+    yield "UniPCMultistepScheduler", {"disable_corrector": [0, 2], "use_karras_sigmas": True}
+    # (order 3 at the last step needs a nonzero final sigma: with 0 the Vandermonde system is singular,
+    # in diffusers too)
+    yield "UniPCMultistepScheduler", {"lower_order_final": False, "solver_order": 3, "timestep_spacing": "trailing",
+                                      "final_sigmas_type": "sigma_min"}  # fmt: skip
+    for order, p in itertools.product([1, 2, 3], predictions):
+        yield "DEISMultistepScheduler", {"solver_order": order, "prediction_type": p}
+    yield "DEISMultistepScheduler", {"use_karras_sigmas": True, "lower_order_final": False}
+    for p in ["epsilon", "v_prediction", "sample"]:
+        yield "EulerDiscreteScheduler", {"prediction_type": p}
+        yield "HeunDiscreteScheduler", {"prediction_type": p}
+    for p in ["epsilon", "v_prediction"]:
+        yield "EulerAncestralDiscreteScheduler", {"prediction_type": p}
+    yield "EulerDiscreteScheduler", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}
+    yield "EulerDiscreteScheduler", {"timestep_type": "continuous", "prediction_type": "v_prediction"}
+    yield "EulerAncestralDiscreteScheduler", {"timestep_spacing": "leading", "steps_offset": 1}
+    yield "HeunDiscreteScheduler", {"use_karras_sigmas": True, "beta_schedule": "scaled_linear"}
+    for skip, p, spacing in itertools.product(
+        [False, True], ["epsilon", "v_prediction"], ["leading", "linspace"]
+    ):
+        yield "PNDMScheduler", {"skip_prk_steps": skip, "prediction_type": p, "timestep_spacing": spacing}
+    yield "PNDMScheduler", {"set_alpha_to_one": True, "steps_offset": 1}
+
+
+CASES = [(name, config, steps) for name, config in _configs() for steps in (7, 10)]
+
+
+def _id(case):
+    name, config, steps = case
+    return f"{name.replace('Scheduler', '')}-{steps}-" + ",".join(f"{k}={v}" for k, v in config.items())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_table_loop_matches_the_scheduler_loop(case):
+    name, config, steps = case
+    scheduler = getattr(schedulers, name)(**config)
+    scheduler.set_timesteps(steps)
+    assert scheduler.graph_refusal() is None
+    net = DummyNet()
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    expected = run_scheduler_loop(net, scheduler, x_T, torch.float32, torch.Generator().manual_seed(1))
+
+    scheduler.set_timesteps(steps)
+    table = scheduler.multistep_table()
+    noise_mode = "torch" if scheduler.noise_every_step else None
+    loop = MultistepLoop(net, table, scheduler.timesteps, SHAPE, torch.float32, noise_mode, 0)
+    generator = torch.Generator().manual_seed(1)
+    draw = (lambda: torch.randn(SHAPE, generator=generator)) if noise_mode else None  # noqa: E731
+    got = loop.run(x_T * scheduler.init_noise_sigma, 0, len(scheduler.timesteps), draw)
+    error = float((got - expected).abs().max() / (1 + expected.abs().max()))
+    amplified = config.get("predict_x0") is False and config.get("prediction_type") == "sample"
+    assert error <= (TOL_THROUGH_ONE_OVER_SIGMA if amplified else TOL), error
+
+
+@pytest.mark.parametrize(
+    "name, config, reason",
+    [
+        ("DPMSolverMultistepScheduler", {"thresholding": True}, "thresholding"),
+        ("DPMSolverMultistepScheduler", {"variance_type": "learned_range"}, "learned-variance"),
+        (
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver", "solver_order": 3, "final_sigmas_type": "sigma_min"},
+            "order 3",
+        ),
+        ("UniPCMultistepScheduler", {"thresholding": True}, "thresholding"),
+        ("DEISMultistepScheduler", {"thresholding": True}, "thresholding"),
+        ("HeunDiscreteScheduler", {"clip_sample": True}, "clip_sample"),
+    ],
+)
+def test_nonlinear_configs_are_refused_with_the_reason(name, config, reason):
+    scheduler = getattr(schedulers, name)(**config)
+    scheduler.set_timesteps(5)
+    assert reason in scheduler.graph_refusal()
+    with pytest.raises(ValueError, match=reason):
+        scheduler.multistep_table()
