@@ -1,7 +1,9 @@
 """The eager sampling loop for any diffusers-style scheduler: x_T * init_noise_sigma, then for every
 timestep scale_model_input, the network and ``scheduler.step``, exactly diffusers' standard loop.
 
-It serves the samplers that the graphed SamplingLoop does not run yet (every one but DDPM and DDIM).
+It serves what the table-driven MultistepLoop cannot: configs whose step is not linear (dynamic
+thresholding, learned variances, Heun's clip_sample; ``graph_refusal`` names the reason) and scheduler
+objects that are not fastddpm's (a diffusers scheduler passed as ``sampler=``).
 Noise for SDE / ancestral steps comes from the generator inside ``step`` (noise="torch", as diffusers
 draws it) or, with ``philox_noise``, from the counter-based Philox stream of that step, passed in as
 ``variance_noise``. Each step makes host-side scheduler calls (timestep lookup, history shuffle): this

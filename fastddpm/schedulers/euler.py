@@ -23,9 +23,10 @@ from fastddpm.schedulers.discrete_sigma import DiscreteSigmaScheduler
 from fastddpm.schedulers.linear_rows import NOISE, OUT, LinearStep, X
 
 
-def input_divisor(sigma: float) -> float:
-    """What scale_model_input divides the sample by at noise level sigma."""
-    return (sigma**2 + 1) ** 0.5
+def input_divisor(sigma: torch.Tensor) -> float:
+    """What scale_model_input divides the sample by at noise level sigma (a float32 0-d tensor): computed
+    in float32 as it does, so the network sees the same input bit for bit."""
+    return float((sigma**2 + 1) ** 0.5)
 
 
 def x0_from_output(config, model_output: torch.Tensor, sample: torch.Tensor, sigma) -> torch.Tensor:
@@ -161,7 +162,7 @@ class EulerDiscreteScheduler(DiscreteSigmaScheduler):
         for i in range(len(self.timesteps)):
             x0 = x0_from_output(self.config, OUT, X, sig[i])
             x_next = X + (X - x0) * ((sig[i + 1] - sig[i]) / sig[i])
-            steps.append(LinearStep(x_next, [], input_divisor(sig[i])))
+            steps.append(LinearStep(x_next, [], input_divisor(self.sigmas[i])))
         return steps
 
 
@@ -240,5 +241,5 @@ class EulerAncestralDiscreteScheduler(DiscreteSigmaScheduler):
             sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
             x0 = x0_from_output(self.config, OUT, X, sigma_from)
             x_next = X + (X - x0) * ((sigma_down - sigma_from) / sigma_from) + sigma_up * NOISE
-            steps.append(LinearStep(x_next, [], input_divisor(sigma_from)))
+            steps.append(LinearStep(x_next, [], input_divisor(self.sigmas[i])))
         return steps

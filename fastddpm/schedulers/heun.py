@@ -124,10 +124,10 @@ class HeunDiscreteScheduler(DiscreteSigmaScheduler):
         for i in range(len(self.timesteps)):
             if first:
                 slope = (X - x0_from_output(self.config, OUT, X, sig[i])) / sig[i]
-                steps.append(LinearStep(X + slope * (sig[i + 1] - sig[i]), [X, slope], input_divisor(sig[i])))
+                steps.append(LinearStep(X + slope * (sig[i + 1] - sig[i]), [X, slope], input_divisor(self.sigmas[i])))
             else:
                 slope = (slot(1) + (X - x0_from_output(self.config, OUT, X, sig[i])) / sig[i]) / 2
                 x_next = slot(0) + slope * (sig[i] - sig[i - 1])
-                steps.append(LinearStep(x_next, [slot(0), slot(1)], input_divisor(sig[i])))
+                steps.append(LinearStep(x_next, [slot(0), slot(1)], input_divisor(self.sigmas[i])))
             first = not first
         return steps
