@@ -1,16 +1,22 @@
 """The quality table of the samplers on the embedded digits model (prints a Markdown table).
 
-    PYTHONPATH=. python bench/sampler_quality.py [samples] [--ddpm]
+    PYTHONPATH=. python bench/sampler_quality.py [samples] [--ddpm] [--json FILE] [--plot FILE.png]
+    PYTHONPATH=. python bench/sampler_quality.py --from-json FILE [--plot FILE.png]
 
 Each row samples ``samples`` images (noise="philox", seed 0) and reports the digit classifier's mean top
 probability (tests/test_default_model.py), the smallest per-digit share, and the pixel Frechet distance
 between the samples and the 1797 real 8x8 digits (64-d pixel vectors, in [0, 1]). DDPM at 1000 steps
-only with --ddpm (1000 forwards).
+only with --ddpm (1000 forwards). --json writes the rows (rewritten after each row, so a long run that is
+stopped keeps what it measured); --from-json reads them back instead of sampling; --plot draws them
+(bench/quality_plot.py).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +24,11 @@ from scipy import linalg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_default_model import classify, digit_classifier  # noqa: E402
+from bench.quality_plot import draw_quality_plot  # noqa: E402
 
 SAMPLERS = ["dpm++2m", "dpm++3m", "dpm++2m-sde", "unipc", "deis", "euler", "euler-a", "heun", "pndm"]
 STEPS = [5, 10, 20]
+REFERENCES = [("ddim", 50), ("ddpm", 1000)]
 
 
 def pixel_fd(a: np.ndarray, b: np.ndarray) -> float:
@@ -31,28 +38,67 @@ def pixel_fd(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
 
 
-def main() -> None:
+def table_header(samples: int) -> str:
+    return f"| sampler | steps | confidence | min digit share | pixel FD |  ({samples} samples, seed 0)\n|---|---|---|---|---|"
+
+
+def table_row(row: dict) -> str:
+    return f"| {row['sampler']} | {row['steps']} | {row['confidence']:.3f} | {row['min_share']:.3f} | {row['fd']:.3f} |"
+
+
+def measure(runs: list[tuple[str, int]], samples: int, json_path: Path | None) -> list[dict]:
     from sklearn.datasets import load_digits
 
     import fastddpm
+    from tests.test_default_model import classify, digit_classifier
 
-    samples = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 300
-    runs = [(name, steps) for name in SAMPLERS for steps in STEPS] + [("ddim", 50)]
-    if "--ddpm" in sys.argv:
-        runs.append(("ddpm", 1000))
     pipe, classifier = fastddpm.load(), digit_classifier()
     real = load_digits().data / 16.0
-    print(f"| sampler | steps | confidence | min digit share | pixel FD |  ({samples} samples, seed 0)")
-    print("|---|---|---|---|---|")
+    rows: list[dict] = []
+    print(table_header(samples))
     for name, steps in runs:
+        start = time.perf_counter()
         images = pipe(
             batch_size=samples, sampler=name, num_inference_steps=steps, seed=0, noise="philox",
             output_type="np", progress=False,
         ).images  # fmt: skip
+        seconds = time.perf_counter() - start
         uint8 = (images * 255).round().astype(np.uint8)
         confidence, shares = classify(classifier, uint8)
         fd = pixel_fd(uint8.reshape(samples, 64) / 255.0, real)
-        print(f"| {name} | {steps} | {confidence:.3f} | {shares.min():.3f} | {fd:.3f} |", flush=True)
+        row = {
+            "sampler": name, "steps": steps, "confidence": confidence, "min_share": float(shares.min()),
+            "shares": [float(share) for share in shares], "fd": fd, "seconds": round(seconds, 1),
+        }  # fmt: skip
+        rows.append(row)
+        print(table_row(row), flush=True)
+        if json_path is not None:
+            json_path.write_text(json.dumps({"samples": samples, "seed": 0, "rows": rows}, indent=1) + "\n")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("samples", nargs="?", type=int, default=300)
+    parser.add_argument("--ddpm", action="store_true", help="also DDPM at 1000 steps (1000 forwards)")
+    parser.add_argument("--json", type=Path, help="write the measured rows here")
+    parser.add_argument("--from-json", type=Path, help="read the rows from here instead of sampling")
+    parser.add_argument("--plot", type=Path, help="draw confidence and pixel FD vs steps into this PNG")
+    args = parser.parse_args(argv)
+    if args.from_json is not None:
+        measured = json.loads(args.from_json.read_text())
+        rows, samples = measured["rows"], measured["samples"]
+        print(table_header(samples))
+        print("\n".join(table_row(row) for row in rows))
+    else:
+        runs = [(name, steps) for name in SAMPLERS for steps in STEPS] + REFERENCES[: 2 if args.ddpm else 1]
+        rows, samples = measure(runs, args.samples, args.json), args.samples
+    if args.plot is not None:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        draw_quality_plot(rows, args.plot, subtitle=f"digits model, {samples} samples, seed 0")
+        print(f"plot written to {args.plot}")
 
 
 if __name__ == "__main__":
