@@ -24,7 +24,7 @@ import torch
 
 from fastddpm import ops
 from fastddpm.ops import PhiloxNoise
-from fastddpm.ops.step_columns import NUM_COLUMNS
+from fastddpm.ops.step_columns import MS_MAX_STATE, NUM_COLUMNS
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KINDS = ("ddpm", "ddim")
@@ -228,6 +228,46 @@ def why_not_sampler_step(
 def sampler_step(model_output, sample, coeffs, noise, **options):
     with _on_device_of(sample):
         return kernel_module("sampler_step").sampler_step(model_output, sample, coeffs, noise, **options)
+
+
+# -------------------------------------------------------------------------------------- multistep_update
+
+
+def why_not_multistep_update(model_output, sample, state, matrix, noise) -> list[str]:
+    reasons = _triton_reasons()
+    if reasons:
+        return reasons
+    if sample.dtype != torch.float32:
+        reasons.append(f"sample dtype {sample.dtype} is not float32 (the sampler state stays float32)")
+    reasons += _dtype_reason("model_output", model_output)
+    if sample.dim() < 2:
+        reasons.append("sample is not (B, C, ...)")
+    elif sample.shape[0]:
+        reasons += _too_large(sample[0].numel())
+    if model_output.shape != sample.shape:
+        reasons.append(f"model_output shape {tuple(model_output.shape)} is not the sample's")
+    slots = state.shape[0] if state.dim() else -1
+    if state.dtype != torch.float32 or state.shape[1:] != sample.shape or not 0 <= slots <= MS_MAX_STATE:
+        reasons.append(f"state is not float32 (K, *sample.shape) with K <= {MS_MAX_STATE}")
+    elif matrix.shape != ((slots + 1) * (slots + 3),) or matrix.dtype != torch.float32:
+        reasons.append(f"matrix is not the {(slots + 1) * (slots + 3)} float32 coefficients of {slots} slots")
+    on_device = [model_output, sample, state, matrix]
+    if isinstance(noise, PhiloxNoise):
+        philox_reasons, stream = _philox_reasons(noise)
+        reasons += philox_reasons
+        on_device += stream
+    elif isinstance(noise, torch.Tensor):
+        if noise.shape != sample.shape or noise.dtype != torch.float32:
+            reasons.append("noise is not float32 of the sample's shape")
+        on_device.append(noise)
+    elif noise is not None:
+        reasons.append(f"noise of type {type(noise).__name__} (need a tensor, PhiloxNoise or None)")
+    return reasons + _device_reasons(on_device)
+
+
+def multistep_update(model_output, sample, state, matrix, noise):
+    with _on_device_of(sample):
+        return kernel_module("multistep_update").multistep_update(model_output, sample, state, matrix, noise)
 
 
 # -------------------------------------------------------------------------------------------- group_norm
