@@ -124,7 +124,9 @@ class HeunDiscreteScheduler(DiscreteSigmaScheduler):
         for i in range(len(self.timesteps)):
             if first:
                 slope = (X - x0_from_output(self.config, OUT, X, sig[i])) / sig[i]
-                steps.append(LinearStep(X + slope * (sig[i + 1] - sig[i]), [X, slope], input_divisor(self.sigmas[i])))
+                steps.append(
+                    LinearStep(X + slope * (sig[i + 1] - sig[i]), [X, slope], input_divisor(self.sigmas[i]))
+                )
             else:
                 slope = (slot(1) + (X - x0_from_output(self.config, OUT, X, sig[i])) / sig[i]) / 2
                 x_next = slot(0) + slope * (sig[i] - sig[i - 1])
