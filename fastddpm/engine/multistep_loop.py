@@ -62,6 +62,13 @@ class MultistepLoop:
         self.x.copy_(x_next)
         self.step_index.add_(1)
 
+    def start(self, x_T: torch.Tensor, sample_offset: int) -> None:
+        """Reset the static buffers for a new batch from x_T."""
+        self.x.copy_(x_T)
+        self.state.zero_()
+        self.step_index.zero_()
+        self.sample_offset.fill_(sample_offset)
+
     def run(
         self,
         x_T: torch.Tensor,
@@ -74,10 +81,7 @@ class MultistepLoop:
         """All steps from x_T (already scaled by the scheduler's init_noise_sigma); ``draw_noise`` (torch
         mode, noise_every_step samplers) fills each step's noise on the host, so a shared torch.Generator
         is drawn exactly when diffusers draws it."""
-        self.x.copy_(x_T)
-        self.state.zero_()
-        self.step_index.zero_()
-        self.sample_offset.fill_(sample_offset)
+        self.start(x_T, sample_offset)
         step = step or self.step
         for _ in range(steps):
             if draw_noise is not None:

@@ -10,14 +10,19 @@ float32 scheduler loop itself is 5.5e-5 off the same loop in float64, while the 
 (table vs scheduler 6.4e-5; bound 1e-4).
 """
 
+import copy
 import itertools
 
 import pytest
 import torch
 
+import fastddpm
 import fastddpm.schedulers as schedulers
 from fastddpm.engine.multistep_loop import MultistepLoop
 from fastddpm.engine.scheduler_loop import run_scheduler_loop
+from fastddpm.schedulers import samplers
+from tests.engine.test_sampling_loop import host_syncs_forbidden
+from tests.tolerances import assert_close
 
 SHAPE = (2, 3, 4, 5)
 TOL = 2e-5
@@ -126,3 +131,37 @@ def test_nonlinear_configs_are_refused_with_the_reason(name, config, reason):
     assert reason in scheduler.graph_refusal()
     with pytest.raises(ValueError, match=reason):
         scheduler.multistep_table()
+
+
+FAST_SAMPLERS = [n for n in samplers.NAMES if n not in ("ddpm", "ddim")]
+
+
+@pytest.mark.parametrize("noise", ["philox", "torch"])
+@pytest.mark.parametrize("name", FAST_SAMPLERS)
+def test_multistep_loop_step_does_no_host_sync(small_unet, name, noise, monkeypatch):
+    """What lets one CUDA graph replay every evaluation: no tensor-to-host conversion inside the step."""
+    monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
+    pipe = fastddpm.Pipeline.from_diffusers(small_unet)
+    pipe(batch_size=2, num_inference_steps=4, sampler=name, seed=1, noise=noise, progress=False)
+    ((loop, replay, _),) = pipe._loops.values()
+    assert isinstance(loop, MultistepLoop) and replay is None  # eager on CPU
+    loop.start(torch.randn(loop.shape), sample_offset=7)
+    with host_syncs_forbidden():
+        for _ in range(3):
+            loop.step()
+    assert loop.step_index.tolist() == [3]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", FAST_SAMPLERS)
+def test_graphed_multistep_loop_matches_eager_on_cuda(small_unet, name):
+    pipe = fastddpm.Pipeline.from_diffusers(copy.deepcopy(small_unet)).to("cuda")
+    common = dict(
+        batch_size=4, num_inference_steps=6, sampler=name, seed=3, noise="philox", output_type="pt",
+        progress=False,
+    )  # fmt: skip
+    graphed_output = pipe(use_cuda_graph=True, **common)
+    assert graphed_output.cuda_graph == "replayed"  # not a silent fallback to eager
+    eager = pipe(use_cuda_graph=False, **common).images
+    assert_close(graphed_output.images, eager, 1e-5, 0, f"{name}: graph vs eager")
+    assert torch.equal(pipe(use_cuda_graph=True, **common).images, graphed_output.images)
