@@ -207,7 +207,8 @@ class Pipeline:
         built from the checkpoint's scheduler config, with Karras sigmas when ``karras``), a fastddpm
         scheduler instance, or None: ``pipe.scheduler`` (a DDPMScheduler of the checkpoint's config unless
         replaced, e.g. ``pipe.scheduler = fastddpm.UniPCMultistepScheduler.from_config(pipe.scheduler.config)``).
-        DDPM and DDIM run in the graphed, sync-free loop; the other samplers run diffusers' loop eagerly.
+        Every sampler runs in a graphed, sync-free loop (the others than DDPM / DDIM from a step table);
+        configs whose step is not linear (thresholding, learned variances) run diffusers' loop eagerly.
 
         noise="torch" draws x_T and every step's noise from ``generator`` (or a CPU generator seeded with
         ``seed``) exactly as diffusers' DDPMPipeline / DDIMPipeline do, so the images match theirs.
@@ -246,7 +247,7 @@ class Pipeline:
                 instance = self.make_scheduler(sampler, karras=karras)
                 return self._call_scheduler(
                     instance, batch_size, num_inference_steps, generator, seed, noise, output_type, progress,
-                    sample_offset, return_dict, use_cuda_graph, class_labels,
+                    sample_offset, return_dict, use_cuda_graph, class_labels, compile, channels_last,
                 )  # fmt: skip
         if sampler is None:
             sampler = self.scheduler
@@ -263,7 +264,7 @@ class Pipeline:
             if sampler not in GRAPHED_SAMPLERS:
                 return self._call_scheduler(
                     instance, batch_size, num_inference_steps, generator, seed, noise, output_type, progress,
-                    sample_offset, return_dict, use_cuda_graph,
+                    sample_offset, return_dict, use_cuda_graph, None, compile, channels_last,
                 )  # fmt: skip
             if karras:
                 raise ValueError(
@@ -274,7 +275,7 @@ class Pipeline:
             instance = self.make_scheduler(sampler, karras=karras)
             return self._call_scheduler(
                 instance, batch_size, num_inference_steps, generator, seed, noise, output_type, progress,
-                sample_offset, return_dict, use_cuda_graph,
+                sample_offset, return_dict, use_cuda_graph, None, compile, channels_last,
             )  # fmt: skip
         elif karras and sampler in GRAPHED_SAMPLERS:
             raise ValueError(
@@ -304,11 +305,7 @@ class Pipeline:
             x = randn_tensor(shape, generator, device, torch.float32)
 
         step_options = self._step_options(scheduler, sampler, use_clipped_model_output)
-        self._use_memory_format(
-            torch.channels_last
-            if (prefer_channels_last(device) if channels_last is None else channels_last)
-            else None
-        )
+        self._use_memory_format(self._memory_format_for(device, channels_last))
         philox_seed = seed if noise == "philox" else None  # torch-mode noise is copied in, not baked in
         key = (
             shape,
@@ -400,6 +397,8 @@ class Pipeline:
         return_dict,
         use_cuda_graph=None,
         class_labels=None,
+        compile=False,
+        channels_last=None,
     ):
         """Any other scheduler: in the table-driven loop (engine/multistep_loop.py) where its config is
         linear (``graph_refusal`` says why not), else in diffusers' loop, eagerly (engine/scheduler_loop.py). An ADM net runs through AdmEpsilonNet, its
@@ -417,6 +416,7 @@ class Pipeline:
         elif generator is None and seed is not None:
             generator = torch.Generator("cpu").manual_seed(seed)
         net = self._adm_epsilon_net(class_labels, batch_size, generator, noise, seed, sample_offset, device)
+        self._use_memory_format(self._memory_format_for(device, channels_last))
         if noise == "philox":
             x = noise_module.philox_normal(seed, sample_offset, batch_size, shape[1:], 0, device=device)
             # step i's noise: Philox stream i + 1, as the graphed loop's steps use
@@ -433,9 +433,21 @@ class Pipeline:
         with tqdm(total=total, disable=not progress, desc=f"fastddpm {name}", leave=False) as bar:
             if table_driven:
                 x, status = self._run_multistep(
-                    scheduler, x, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar, net
+                    scheduler,
+                    x,
+                    shape,
+                    noise,
+                    seed,
+                    sample_offset,
+                    generator,
+                    use_cuda_graph,
+                    bar,
+                    net,
+                    compile,
                 )
             else:
+                if compile:
+                    net = self._network(net, compile, shape, scheduler.timesteps.to(device))
                 x = run_scheduler_loop(net, scheduler, x, self.dtype, generator, philox_noise, progress=bar)
                 wanted = use_cuda_graph if use_cuda_graph is not None else device.type == "cuda"
                 # a graph was asked for (or is the CUDA default) but this sampler has no step table yet
@@ -444,28 +456,23 @@ class Pipeline:
         return PipelineOutput(images, status) if return_dict else (images,)
 
     def _run_multistep(
-        self, scheduler, x_T, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar, net=None
+        self, scheduler, x_T, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar, net, compile
     ):
         """A schedule in the table-driven, sync-free MultistepLoop (graphed on CUDA)."""
         device = self.device
         noise_mode = noise if scheduler.noise_every_step else None
         table = scheduler.multistep_table().to(device)
         timesteps = scheduler.timesteps.to(device)
-        on_cuda = device.type == "cuda"
-        use_cuda_graph = on_cuda if use_cuda_graph is None else use_cuda_graph
-        if use_cuda_graph and not on_cuda:
-            raise ValueError("use_cuda_graph=True needs the pipeline on a CUDA device")
+
+        def build():
+            network = self._network(net, compile, shape, timesteps)
+            return MultistepLoop(
+                network, table, timesteps, shape, self.dtype, noise_mode, seed or 0, self._memory_format
+            )
+
         key = ("multistep", shape, self.dtype, table.cpu().numpy().tobytes(), tuple(timesteps.tolist()),
-               noise_mode, seed if noise_mode == "philox" else None, bool(use_cuda_graph))  # fmt: skip
-        if key not in self._loops:
-            loop = MultistepLoop(net or self.unet, table, timesteps, shape, self.dtype, noise_mode, seed or 0)
-            replay, status = None, "off"
-            if use_cuda_graph:
-                capture = capture_step(loop.step, loop.buffers())
-                replay, status = capture.replay, capture.status
-            self._loops.clear()
-            self._loops[key] = (loop, replay, status)
-        loop, replay, status = self._loops[key]
+               noise_mode, seed if noise_mode == "philox" else None, bool(compile))  # fmt: skip
+        loop, replay, status = self._cached_loop(key, device, use_cuda_graph, build)
         draw = None
         if noise_mode == "torch":
             draw = lambda: randn_tensor(shape, generator, device, torch.float32)  # noqa: E731
@@ -476,36 +483,50 @@ class Pipeline:
         self, key, table, timesteps, shape, step_options, noise, seed, use_cuda_graph, compile, labeled=False
     ):
         """The cached SamplingLoop, its graph replay (None: eager) and PipelineOutput.cuda_graph's value."""
-        on_cuda = table.device.type == "cuda"
+
+        def build():
+            unet = self._network(self.unet, compile, shape, timesteps, labeled)
+            return SamplingLoop(
+                unet, table, timesteps, shape, self.dtype, step_options, noise, seed or 0, self._memory_format,
+                class_conditional=labeled,
+            )  # fmt: skip
+
+        return self._cached_loop((*key, bool(compile)), table.device, use_cuda_graph, build)
+
+    def _cached_loop(self, key, device: torch.device, use_cuda_graph: bool | None, build):
+        """(loop, graph replay or None, PipelineOutput.cuda_graph's value) for ``key``: built by ``build()``
+        and, when a graph is used (the CUDA default), captured once; reused while the settings repeat."""
+        on_cuda = device.type == "cuda"
         if use_cuda_graph is None:
             use_cuda_graph = on_cuda
         if use_cuda_graph and not on_cuda:
             raise ValueError("use_cuda_graph=True needs the pipeline on a CUDA device")
-        key = (*key, bool(use_cuda_graph), bool(compile), self._memory_format)
+        key = (*key, bool(use_cuda_graph), self._memory_format)
         if key not in self._loops:
-            unet = self.unet
-            if compile:
-                # one eager forward first: ops decides each call's backend eagerly, compile looks it up
-                labels = torch.zeros(shape[0], dtype=torch.int64, device=table.device) if labeled else None
-                self.unet(
-                    torch.zeros(shape, dtype=self.dtype, device=table.device),
-                    timesteps[:1].expand(shape[0]),
-                    **({"class_labels": labels} if labeled else {}),
-                )
-                unet = self._compiled_unet()
-            loop = SamplingLoop(
-                unet, table, timesteps, shape, self.dtype, step_options, noise, seed or 0, self._memory_format,
-                class_conditional=labeled,
-            )  # fmt: skip
+            loop = build()
             replay, status = None, "off"
             if use_cuda_graph:
-                buffers = [loop.x, loop.step_index, loop.sample_offset]
-                buffers += [loop.class_labels] if loop.class_labels is not None else []
-                capture = capture_step(loop.step, buffers + ([loop.noise] if loop.noise is not None else []))
+                capture = capture_step(loop.step, loop.buffers())
                 replay, status = capture.replay, capture.status
             self._loops.clear()  # one live graph at a time: each holds a private memory pool
             self._loops[key] = (loop, replay, status)
         return self._loops[key]
+
+    def _network(self, net, compile: bool, shape, timesteps, labeled: bool = False):
+        """``net``, or with ``compile`` the compiled U-Net after one eager forward (ops decides each call's
+        backend eagerly; compile looks it up)."""
+        if not compile:
+            return net
+        if net is not self.unet:
+            raise ValueError("compile=True is not supported for the fast samplers on ADM checkpoints")
+        device = timesteps.device
+        labels = torch.zeros(shape[0], dtype=torch.int64, device=device) if labeled else None
+        self.unet(
+            torch.zeros(shape, dtype=self.dtype, device=device).contiguous(memory_format=self._memory_format),
+            timesteps[:1].expand(shape[0]),
+            **({"class_labels": labels} if labeled else {}),
+        )
+        return self._compiled_unet()
 
     def _adm_epsilon_net(self, labels, batch_size, generator, noise, seed, sample_offset, device):
         """The network the fast samplers' loops call: the U-Net itself, or for an ADM checkpoint one
@@ -518,6 +539,11 @@ class Pipeline:
             self._adm_net = AdmEpsilonNet(self.unet, scale, self.config["in_channels"])
         self._adm_net.set_class_labels(labels)
         return self._adm_net
+
+    @staticmethod
+    def _memory_format_for(device: torch.device, channels_last: bool | None) -> torch.memory_format | None:
+        wanted = prefer_channels_last(device) if channels_last is None else channels_last
+        return torch.channels_last if wanted else None
 
     def _use_memory_format(self, memory_format: torch.memory_format | None) -> None:
         """Convert the network's weights once to NHWC (channels_last) or back to NCHW."""

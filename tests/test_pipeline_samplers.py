@@ -142,3 +142,29 @@ def test_a_nonlinear_config_runs_eagerly_and_says_why_when_a_graph_was_asked(sma
     )
     assert out.cuda_graph.startswith("fallback: DPMSolverMultistepScheduler runs diffusers' loop eagerly")
     assert "dynamic thresholding is not a linear update" in out.cuda_graph
+
+
+@pytest.mark.slow  # torch.compile: about 35 s on 2 cores
+def test_fast_samplers_take_channels_last_and_compile(small_unet):
+    """channels_last (the CPU default) and compile apply to the table-driven loop as to DDPM / DDIM: the
+
+    NHWC 4.8e-7, compiled vs eager 6.0e-7)."""
+    pipe = fastddpm.Pipeline.from_diffusers(
+        diffusers.DDPMPipeline(small_unet, diffusers.DDPMScheduler(num_train_timesteps=TRAIN_STEPS))
+    )
+    common = dict(
+        batch_size=2, num_inference_steps=3, sampler="unipc", seed=5, noise="philox", output_type="pt",
+        progress=False,
+    )  # fmt: skip
+    nchw = pipe(channels_last=False, **common).images
+    ((loop, _, _),) = pipe._loops.values()
+    assert loop.x.is_contiguous() and loop.state[0].is_contiguous()
+    nhwc = pipe(**common).images
+    ((loop, _, _),) = pipe._loops.values()
+    assert loop.x.is_contiguous(memory_format=torch.channels_last)
+    assert loop.state[1].is_contiguous(memory_format=torch.channels_last)
+    print(f"MEASURED NHWC vs NCHW {(nhwc - nchw).abs().max().item():.2e}")
+    assert_close(nhwc, nchw, 5e-6, 0, "unipc NHWC vs NCHW")
+    compiled = pipe(compile=True, **common).images
+    print(f"MEASURED compiled vs eager {(compiled - nchw).abs().max().item():.2e}")
+    assert_close(compiled, nchw, 5e-6, 0, "unipc compiled vs eager")

@@ -17,6 +17,16 @@ from fastddpm import ops
 from fastddpm.ops.step_columns import MS_INPUT_DIVISOR, MS_MATRIX, ms_state_slots
 
 
+def state_buffer(slots: int, shape: tuple[int, ...], device, memory_format) -> torch.Tensor:
+    """(slots, *shape) float32 zeros whose every slot has the sample's memory format (NHWC slots for
+    channels_last, so the update reads and writes all its vectors in one layout)."""
+    if memory_format == torch.channels_last:
+        n, c, h, w = shape
+        strides = (n * h * w * c, h * w * c, 1, w * c, c)  # a base tensor, not a view (autograd-safe)
+        return torch.empty_strided((slots, *shape), strides, dtype=torch.float32, device=device).zero_()
+    return torch.zeros((slots, *shape), dtype=torch.float32, device=device)
+
+
 class MultistepLoop:
     def __init__(
         self,
@@ -27,6 +37,7 @@ class MultistepLoop:
         net_dtype: torch.dtype,
         noise_mode: str | None,
         seed: int,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         device = table.device
         self.unet, self.table, self.timesteps = unet, table, timesteps
@@ -34,8 +45,10 @@ class MultistepLoop:
         slots = ms_state_slots(table.shape[1])
         # decided once from the host copy: most samplers never scale the input, and skip the division
         self.divides_input = bool((table[:, MS_INPUT_DIVISOR].cpu() != 1).any())
-        self.x = torch.zeros(shape, dtype=torch.float32, device=device)
-        self.state = torch.zeros((slots, *shape), dtype=torch.float32, device=device)
+        self.x = torch.zeros(shape, dtype=torch.float32, device=device).contiguous(
+            memory_format=memory_format
+        )
+        self.state = state_buffer(slots, shape, device, memory_format)
         self.step_index = torch.zeros(1, dtype=torch.int64, device=device)
         self.sample_offset = torch.zeros((), dtype=torch.int64, device=device)
         self.noise = torch.zeros_like(self.x) if noise_mode == "torch" else None

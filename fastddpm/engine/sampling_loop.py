@@ -55,6 +55,11 @@ class SamplingLoop:
             torch.zeros(shape[0], dtype=torch.int64, device=device) if class_conditional else None
         )
 
+    def buffers(self) -> list[torch.Tensor]:
+        """The static tensors a captured graph reads and writes."""
+        extra = [t for t in (self.class_labels, self.noise) if t is not None]
+        return [self.x, self.step_index, self.sample_offset, *extra]
+
     def step(self) -> None:
         """x <- sampler_step(unet(x, t[i]), x, table[i], noise); i += 1. Sync-free and allocation-stable."""
         index = self.step_index
