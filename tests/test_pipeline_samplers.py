@@ -147,8 +147,8 @@ def test_a_nonlinear_config_runs_eagerly_and_says_why_when_a_graph_was_asked(sma
 @pytest.mark.slow  # torch.compile: about 35 s on 2 cores
 def test_fast_samplers_take_channels_last_and_compile(small_unet):
     """channels_last (the CPU default) and compile apply to the table-driven loop as to DDPM / DDIM: the
-
-    NHWC 4.8e-7, compiled vs eager 6.0e-7)."""
+    loop's buffers take the network's layout and the images agree with NCHW eager ones (measured: NHWC vs
+    NCHW 1.1e-6, compiled vs eager 9.5e-7)."""
     pipe = fastddpm.Pipeline.from_diffusers(
         diffusers.DDPMPipeline(small_unet, diffusers.DDPMScheduler(num_train_timesteps=TRAIN_STEPS))
     )
