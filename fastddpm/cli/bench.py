@@ -14,8 +14,10 @@ import tempfile
 import time
 
 from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline
+from fastddpm.cli.diffusers_reference import diffusers_sampler
 from fastddpm.cli.errors import CliError
 from fastddpm.cli.sharding import ProcessShare, device_for
+from fastddpm.schedulers import samplers
 
 
 def _synchronize(device: str) -> None:
@@ -37,25 +39,6 @@ def best_seconds(call, device: str, repeats: int) -> float:
     return best
 
 
-def diffusers_pipeline(folder: str, sampler: str, device: str, dtype: str):
-    """diffusers' DDPMPipeline / DDIMPipeline on a diffusers folder, or None when diffusers is absent."""
-    try:
-        import diffusers
-    except ImportError:
-        return None
-    import torch
-
-    # Its advice about `accelerate` and dtype casting is noise in a benchmark table.
-    diffusers.utils.logging.set_verbosity_error()
-    unet = diffusers.UNet2DModel.from_pretrained(os.path.join(folder, "unet"))
-    scheduler_class = diffusers.DDPMScheduler if sampler == "ddpm" else diffusers.DDIMScheduler
-    scheduler = scheduler_class.from_pretrained(os.path.join(folder, "scheduler"))
-    pipeline_class = diffusers.DDPMPipeline if sampler == "ddpm" else diffusers.DDIMPipeline
-    pipe = pipeline_class(unet=unet, scheduler=scheduler).to(device, getattr(torch, dtype))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def run_bench(args) -> int:
     import torch
 
@@ -67,12 +50,17 @@ def run_bench(args) -> int:
         raise CliError(
             f"--steps {args.steps} is out of range: this checkpoint has {train_steps} training timesteps"
         )
+    if args.karras and not samplers.has_karras(args.sampler):
+        raise CliError(
+            f"--karras: sampler {args.sampler} has no Karras sigmas (use one of: {samplers.karras_names()})"
+        )
 
     def fastddpm_call():
         pipe(
             batch_size=args.batch_size,
             num_inference_steps=args.steps,
             sampler=args.sampler,
+            karras=args.karras,
             seed=0,
             output_type="np",
             progress=False,
@@ -84,17 +72,12 @@ def run_bench(args) -> int:
         # diffusers reads only its own folder layout: hand it the checkpoint as fastddpm converts it.
         folder = os.path.join(scratch, "model")
         pipe.save_pretrained(folder)
-        reference = diffusers_pipeline(folder, args.sampler, device, args.dtype)
+        reference = diffusers_sampler(folder, args.sampler, args.karras, device, args.dtype)
         if reference is not None:
             generator = torch.Generator("cpu")
 
             def diffusers_call():
-                reference(
-                    batch_size=args.batch_size,
-                    num_inference_steps=args.steps,
-                    generator=generator.manual_seed(0),
-                    output_type="np",
-                )
+                reference(args.batch_size, args.steps, generator.manual_seed(0))
 
             rows.append(("diffusers", best_seconds(diffusers_call, device, args.repeats)))
             difference = image_difference(pipe, reference, args)
@@ -113,10 +96,12 @@ def image_difference(pipe, reference, args) -> float:
     import numpy as np
     import torch
 
-    run = dict(batch_size=args.batch_size, num_inference_steps=args.steps, output_type="np")
-    ours = pipe(**run, sampler=args.sampler, generator=torch.Generator("cpu").manual_seed(0), progress=False)
-    theirs = reference(**run, generator=torch.Generator("cpu").manual_seed(0))
-    return float(np.abs(ours.images - theirs.images).max())
+    ours = pipe(
+        batch_size=args.batch_size, num_inference_steps=args.steps, sampler=args.sampler, karras=args.karras,
+        generator=torch.Generator("cpu").manual_seed(0), output_type="np", progress=False,
+    )  # fmt: skip
+    theirs = reference(args.batch_size, args.steps, torch.Generator("cpu").manual_seed(0))
+    return float(np.abs(ours.images - theirs).max())
 
 
 def as_json(rows: list[tuple[str, float]], args, device: str, path: str, difference: float | None) -> str:
@@ -125,6 +110,7 @@ def as_json(rows: list[tuple[str, float]], args, device: str, path: str, differe
         {
             "checkpoint": path,
             "sampler": args.sampler,
+            "karras": args.karras,
             "steps": args.steps,
             "batch_size": args.batch_size,
             "device": device,
@@ -150,7 +136,7 @@ def format_table(rows: list[tuple[str, float]], args, device: str, path: str) ->
     baseline = dict(rows).get("diffusers")
     lines = [
         f"checkpoint {path}",
-        f"{args.sampler} {args.steps} steps, batch {args.batch_size}, {device}, {args.dtype}, "
+        f"{args.sampler}{' (karras)' if args.karras else ''} {args.steps} steps, batch {args.batch_size}, {device}, {args.dtype}, "
         f"{args.threads} CPU threads, best of {args.repeats} after one warm-up",
         f"{'engine':<10} {'seconds':>9} {'images/s':>10} {'ms/step':>9} {'speed-up':>9}",
     ]

@@ -179,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("checkpoint", nargs="?", help="checkpoint (default: the embedded model)")
     bench.add_argument("--batch-size", type=_positive_int, default=16)
     bench.add_argument("--steps", type=_positive_int, default=10)
-    bench.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
+    bench.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
+    bench.add_argument(
+        "--karras", action="store_true", help="Karras sigmas (dpm++*, unipc, euler, heun, deis)"
+    )
     bench.add_argument(
         "--repeats", type=_positive_int, default=2, help="timed runs per engine (best is shown)"
     )
