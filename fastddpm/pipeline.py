@@ -31,10 +31,8 @@ from fastddpm.schedulers.gaussian_diffusion import GaussianDiffusion
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 SAMPLERS = samplers.NAMES
-GRAPHED_SAMPLERS = (
-    "ddpm",
-    "ddim",
-)  # SamplingLoop; the others run in MultistepLoop (or, eagerly, scheduler_loop)
+# the samplers of SamplingLoop; the others run in MultistepLoop (or, not linear, eagerly in scheduler_loop)
+GRAPHED_SAMPLERS = ("ddpm", "ddim")
 DEFAULT_FAST_SAMPLER_STEPS = 50  # as diffusers' DDIMPipeline; the multistep solvers do well with 10-25
 NOISE_MODES = ("torch", "philox")
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -401,8 +399,8 @@ class Pipeline:
         channels_last=None,
     ):
         """Any other scheduler: in the table-driven loop (engine/multistep_loop.py) where its config is
-        linear (``graph_refusal`` says why not), else in diffusers' loop, eagerly (engine/scheduler_loop.py). An ADM net runs through AdmEpsilonNet, its
-        class labels drawn before x_T as the ddpm / ddim path draws them."""
+        linear (``graph_refusal`` says why not), else in diffusers' loop, eagerly (engine/scheduler_loop.py).
+        An ADM net runs through AdmEpsilonNet, its class labels drawn before x_T as ddpm / ddim draw them."""
         name = type(scheduler).__name__
         if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
             raise TypeError(f"sampler must be a name or a scheduler with set_timesteps and step, got {name}")
@@ -433,24 +431,15 @@ class Pipeline:
         with tqdm(total=total, disable=not progress, desc=f"fastddpm {name}", leave=False) as bar:
             if table_driven:
                 x, status = self._run_multistep(
-                    scheduler,
-                    x,
-                    shape,
-                    noise,
-                    seed,
-                    sample_offset,
-                    generator,
-                    use_cuda_graph,
-                    bar,
-                    net,
+                    scheduler, x, shape, noise, seed, sample_offset, generator, use_cuda_graph, bar, net,
                     compile,
-                )
+                )  # fmt: skip
             else:
                 if compile:
                     net = self._network(net, compile, shape, scheduler.timesteps.to(device))
                 x = run_scheduler_loop(net, scheduler, x, self.dtype, generator, philox_noise, progress=bar)
                 wanted = use_cuda_graph if use_cuda_graph is not None else device.type == "cuda"
-                # a graph was asked for (or is the CUDA default) but this sampler has no step table yet
+                # a graph was asked for (or is the CUDA default) but this config has no step table
                 status = f"fallback: {name} runs diffusers' loop eagerly ({refusal})" if wanted else "off"
         images = to_output(x, output_type)
         return PipelineOutput(images, status) if return_dict else (images,)
