@@ -80,4 +80,34 @@ inline const float* float_ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<float>() : nullptr;
 }
 
+// What the CPU and CUDA entry points both do before their kernels: check the arguments, pick the layout
+// (input: x itself when channels-last, else NCHW-contiguous), allocate the result in that layout, and hold
+// the per-channel parameters as contiguous float32 for as long as the kernels read them.
+struct GroupNormCall {
+  GroupNormShape shape;
+  at::Tensor input;
+  at::Tensor y;
+  std::optional<at::Tensor> weight, bias, add, scale, shift;
+};
+
+inline GroupNormCall prepare_group_norm(
+    const at::Tensor& x,
+    int64_t num_groups,
+    const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& add,
+    const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift) {
+  const GroupNormShape shape = check_group_norm_args(x, num_groups, weight, bias, add, scale, shift);
+  const auto layout = shape.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return GroupNormCall{shape,
+                       shape.channels_last ? x : x.contiguous(),
+                       at::empty(x.sizes(), x.options(), layout),
+                       as_float_contiguous(weight),
+                       as_float_contiguous(bias),
+                       as_float_contiguous(add),
+                       as_float_contiguous(scale),
+                       as_float_contiguous(shift)};
+}
+
 }  // namespace fastddpm

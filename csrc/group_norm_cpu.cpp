@@ -271,31 +271,28 @@ at::Tensor group_norm_cpu(
     const std::optional<at::Tensor>& scale,
     const std::optional<at::Tensor>& shift,
     bool silu) {
-  const GroupNormShape shape = check_group_norm_args(x, num_groups, weight, bias, add, scale, shift);
-  const at::Tensor input = shape.channels_last ? x : x.contiguous();
-  at::Tensor y = at::empty(
-      x.sizes(), x.options(), shape.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  GroupNormCall call = prepare_group_norm(x, num_groups, weight, bias, add, scale, shift);
   if (x.numel() == 0) {
-    return y;
+    return call.y;
   }
-  const auto w = as_float_contiguous(weight), b = as_float_contiguous(bias), a = as_float_contiguous(add);
-  const auto sc = as_float_contiguous(scale), sh = as_float_contiguous(shift);
-  const Params params{float_ptr_or_null(w), float_ptr_or_null(b), float_ptr_or_null(a), float_ptr_or_null(sc),
-                      float_ptr_or_null(sh), static_cast<float>(eps), silu};
+  const Params params{float_ptr_or_null(call.weight), float_ptr_or_null(call.bias),
+                      float_ptr_or_null(call.add),    float_ptr_or_null(call.scale),
+                      float_ptr_or_null(call.shift),  static_cast<float>(eps),
+                      silu};
   switch (x.scalar_type()) {
     case at::kFloat:
-      run<float>(input, y, shape, params);
+      run<float>(call.input, call.y, call.shape, params);
       break;
     case at::kHalf:
-      run<at::Half>(input, y, shape, params);
+      run<at::Half>(call.input, call.y, call.shape, params);
       break;
     case at::kBFloat16:
-      run<at::BFloat16>(input, y, shape, params);
+      run<at::BFloat16>(call.input, call.y, call.shape, params);
       break;
     default:
       TORCH_CHECK(false, "fastddpm::group_norm: unsupported dtype ", x.scalar_type());
   }
-  return y;
+  return call.y;
 }
 
 }  // namespace fastddpm

@@ -322,23 +322,19 @@ at::Tensor run_group_norm(
     const std::optional<at::Tensor>& scale,
     const std::optional<at::Tensor>& shift,
     bool silu) {
-  const GroupNormShape shape = check_group_norm_args(x, num_groups, weight, bias, add, scale, shift);
-  const at::Tensor input = shape.channels_last ? x : x.contiguous();
-  at::Tensor y = at::empty(
-      x.sizes(), x.options(), shape.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  GroupNormCall call = prepare_group_norm(x, num_groups, weight, bias, add, scale, shift);
+  const GroupNormShape& shape = call.shape;
   if (x.numel() == 0) {
-    return y;
+    return call.y;
   }
   const int64_t per_group = shape.channels / shape.groups;
   TORCH_CHECK(per_group * shape.pixels <= std::numeric_limits<int32_t>::max(),
               "fastddpm::group_norm: a group of ", per_group * shape.pixels, " elements exceeds 2^31");
-  const auto w = as_float_contiguous(weight), b = as_float_contiguous(bias), a = as_float_contiguous(add);
-  const auto sc = as_float_contiguous(scale), sh = as_float_contiguous(shift);
-  const Params params{float_ptr_or_null(w),
-                      float_ptr_or_null(b),
-                      float_ptr_or_null(a),
-                      float_ptr_or_null(sc),
-                      float_ptr_or_null(sh),
+  const Params params{float_ptr_or_null(call.weight),
+                      float_ptr_or_null(call.bias),
+                      float_ptr_or_null(call.add),
+                      float_ptr_or_null(call.scale),
+                      float_ptr_or_null(call.shift),
                       static_cast<float>(eps),
                       silu,
                       shape.channels_last,
@@ -349,18 +345,18 @@ at::Tensor run_group_norm(
                       static_cast<uint32_t>(per_group * shape.pixels)};
   switch (x.scalar_type()) {
     case at::kFloat:
-      dispatch_vector_width<float>(input, y, params, shape.batch);
+      dispatch_vector_width<float>(call.input, call.y, params, shape.batch);
       break;
     case at::kHalf:
-      dispatch_vector_width<c10::Half>(input, y, params, shape.batch);
+      dispatch_vector_width<c10::Half>(call.input, call.y, params, shape.batch);
       break;
     case at::kBFloat16:
-      dispatch_vector_width<c10::BFloat16>(input, y, params, shape.batch);
+      dispatch_vector_width<c10::BFloat16>(call.input, call.y, params, shape.batch);
       break;
     default:
       TORCH_CHECK(false, "fastddpm::group_norm: unsupported dtype ", x.scalar_type());
   }
-  return y;
+  return call.y;
 }
 
 }  // namespace

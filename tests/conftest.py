@@ -34,13 +34,22 @@ def pytest_collection_modifyitems(config, items):
     skip_gpu_items_without_cuda(items)
 
 
+SMALL_UNET_SIZES = dict(sample_size=[16, 8], block_out_channels=[16, 24, 24, 24], norm_num_groups=4)
+
+
+@pytest.fixture(scope="module")
+def small_fastddpm_unet():
+    """The same structure as small_unet as fastddpm's own UNet2D, without diffusers (the GPU image lacks it,
+    so GPU tests use this one)."""
+    from tests import model_factory
+
+    return model_factory.random_fastddpm_unet(model_factory.small_cifar10_config(**SMALL_UNET_SIZES), seed=3)
+
+
 @pytest.fixture(scope="module")
 def small_unet():
     """diffusers' UNet2DModel in the cifar10-32 structure, tiny (the pipeline and engine tests sample with it:
     20 full steps, twice, per case), random weights."""
     from tests import model_factory
 
-    config = model_factory.small_cifar10_config(
-        sample_size=[16, 8], block_out_channels=[16, 24, 24, 24], norm_num_groups=4
-    )
-    return model_factory.random_unet(config, seed=3)
+    return model_factory.random_unet(model_factory.small_cifar10_config(**SMALL_UNET_SIZES), seed=3)

@@ -93,7 +93,19 @@ def random_unet(config: dict, seed: int = 0):
     UNet2DModel = _diffusers().UNet2DModel
 
     torch.manual_seed(seed)
-    model = UNet2DModel(**config).eval()
+    return redraw_parameters(UNet2DModel(**config).eval(), seed)
+
+
+def random_fastddpm_unet(config: dict, seed: int = 0):
+    """fastddpm's own UNet2D of ``config``, parameters drawn as random_unet draws them: for tests that must
+    also run where diffusers is absent (the GPU image lacks it)."""
+    from fastddpm.models.unet import UNet2D
+
+    torch.manual_seed(seed)
+    return redraw_parameters(UNet2D.from_config(config).eval(), seed)
+
+
+def redraw_parameters(model, seed: int):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -138,10 +138,10 @@ FAST_SAMPLERS = [n for n in samplers.NAMES if n not in ("ddpm", "ddim")]
 
 @pytest.mark.parametrize("noise", ["philox", "torch"])
 @pytest.mark.parametrize("name", FAST_SAMPLERS)
-def test_multistep_loop_step_does_no_host_sync(small_unet, name, noise, monkeypatch):
+def test_multistep_loop_step_does_no_host_sync(small_fastddpm_unet, name, noise, monkeypatch):
     """What lets one CUDA graph replay every evaluation: no tensor-to-host conversion inside the step."""
     monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
-    pipe = fastddpm.Pipeline.from_diffusers(small_unet)
+    pipe = fastddpm.Pipeline(small_fastddpm_unet)
     pipe(batch_size=2, num_inference_steps=4, sampler=name, seed=1, noise=noise, progress=False)
     ((loop, replay, _),) = pipe._loops.values()
     assert isinstance(loop, MultistepLoop) and replay is None  # eager on CPU
@@ -154,8 +154,8 @@ def test_multistep_loop_step_does_no_host_sync(small_unet, name, noise, monkeypa
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", FAST_SAMPLERS)
-def test_graphed_multistep_loop_matches_eager_on_cuda(small_unet, name):
-    pipe = fastddpm.Pipeline.from_diffusers(copy.deepcopy(small_unet)).to("cuda")
+def test_graphed_multistep_loop_matches_eager_on_cuda(small_fastddpm_unet, name):
+    pipe = fastddpm.Pipeline(copy.deepcopy(small_fastddpm_unet)).to("cuda")
     common = dict(
         batch_size=4, num_inference_steps=6, sampler=name, seed=3, noise="philox", output_type="pt",
         progress=False,

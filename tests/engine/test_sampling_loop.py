@@ -33,9 +33,9 @@ def host_syncs_forbidden():
 
 
 @pytest.mark.parametrize("noise", ["philox", "torch"])
-def test_loop_step_does_no_host_sync(small_unet, noise, monkeypatch):
+def test_loop_step_does_no_host_sync(small_fastddpm_unet, noise, monkeypatch):
     monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
-    pipe = fastddpm.Pipeline.from_diffusers(small_unet)
+    pipe = fastddpm.Pipeline(small_fastddpm_unet)
     pipe(batch_size=2, num_inference_steps=3, sampler="ddpm", seed=1, noise=noise, progress=False)
     ((loop, replay, _),) = pipe._loops.values()
     assert replay is None  # eager on CPU
@@ -46,7 +46,7 @@ def test_loop_step_does_no_host_sync(small_unet, noise, monkeypatch):
     assert loop.step_index.tolist() == [3]
 
 
-def test_auto_batch_size_arithmetic_and_cpu_refusal(small_unet):
+def test_auto_batch_size_arithmetic_and_cpu_refusal(small_fastddpm_unet):
     from fastddpm.engine.auto_batch import batch_that_fits
 
     gib = 2**30
@@ -54,14 +54,14 @@ def test_auto_batch_size_arithmetic_and_cpu_refusal(small_unet):
     assert batch_that_fits(10 * gib, int(1.1 * gib), int(1.2 * gib), 0) == 75
     with pytest.raises(RuntimeError, match="not even one sample"):
         batch_that_fits(gib, int(2 * gib), int(3 * gib), 0)
-    pipe = fastddpm.Pipeline.from_diffusers(small_unet)
+    pipe = fastddpm.Pipeline(small_fastddpm_unet)
     with pytest.raises(ValueError, match="batch_size='auto' needs the pipeline on a CUDA device"):
         pipe(batch_size="auto", progress=False)
 
 
 @pytest.mark.gpu
-def test_cuda_graph_loop_matches_eager_and_auto_batch_runs(small_unet):
-    pipe = fastddpm.Pipeline.from_diffusers(copy.deepcopy(small_unet)).to("cuda")
+def test_cuda_graph_loop_matches_eager_and_auto_batch_runs(small_fastddpm_unet):
+    pipe = fastddpm.Pipeline(copy.deepcopy(small_fastddpm_unet)).to("cuda")
     common = dict(
         batch_size=4, num_inference_steps=10, seed=3, noise="philox", output_type="pt", progress=False
     )
