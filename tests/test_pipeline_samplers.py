@@ -1,7 +1,6 @@
 """The fast samplers through the pipeline against diffusers' standard loop with the same scheduler class
 and config: x_T * init_noise_sigma, then scale_model_input, the U-Net and step at every timestep."""
 
-import diffusers
 import pytest
 import torch
 
@@ -9,6 +8,9 @@ import fastddpm
 from fastddpm.schedulers import samplers
 from tests import model_factory
 from tests.tolerances import assert_close
+
+# module-level skip where diffusers is absent (the GPU image), not a collection error
+diffusers = pytest.importorskip("diffusers")
 
 # measured max |ours - diffusers| over the cases below (images in [0, 1]), every sampler through the
 # table-driven MultistepLoop: 1.6e-6 (dpm++2m-sde; the others 4.2e-7 .. 1.2e-6: float32 U-Net and the

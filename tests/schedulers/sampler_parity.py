@@ -2,10 +2,13 @@
 
 import inspect
 
-import diffusers
+import pytest
 import torch
 
 import fastddpm.schedulers as ours
+
+# module-level skip where diffusers is absent (the GPU image), not a collection error
+diffusers = pytest.importorskip("diffusers")
 
 SHAPE = (3, 3, 5, 7)  # odd batch, H != W; 3 channels (diffusers' learned-variance split keeps 3)
 
