@@ -125,7 +125,7 @@ def _cases():
 
 
 @interpreter_only
-@pytest.mark.parametrize("slots, noise_mode, dtype, channels_last, shape", _cases())
+@pytest.mark.parametrize("slots, noise_mode, dtype, channels_last, shape", list(_cases()))
 def test_multistep_update_matches_reference_bit_for_bit(slots, noise_mode, dtype, channels_last, shape):
     model_output, sample, state, matrix = _inputs(shape, slots, dtype, channels_last, seed=slots)
     x_next, next_state = _check(
@@ -204,7 +204,7 @@ def test_multistep_update_launcher_rejects_bad_input_naming_the_argument():
 
 # The CPU cases at a real size: compiled without FMA contraction, float32 stays exact on the GPU too.
 @pytest.mark.gpu
-@pytest.mark.parametrize("slots, noise_mode, dtype, channels_last, shape", _cases())
+@pytest.mark.parametrize("slots, noise_mode, dtype, channels_last, shape", list(_cases()))
 def test_cuda_multistep_update_matches_reference(slots, noise_mode, dtype, channels_last, shape):
     shape = (255, 3, 32, 32)
     model_output, sample, state, matrix = _inputs(shape, slots, dtype, channels_last, device="cuda")
