@@ -206,7 +206,7 @@ class Pipeline:
         scheduler instance, or None: ``pipe.scheduler`` (a DDPMScheduler of the checkpoint's config unless
         replaced, e.g. ``pipe.scheduler = fastddpm.UniPCMultistepScheduler.from_config(pipe.scheduler.config)``).
         Every sampler runs in a graphed, sync-free loop (the others than DDPM / DDIM from a step table);
-        configs whose step is not linear (thresholding, learned variances) run diffusers' loop eagerly.
+        configs whose step is not linear (dynamic thresholding) run diffusers' loop eagerly.
 
         noise="torch" draws x_T and every step's noise from ``generator`` (or a CPU generator seeded with
         ``seed``) exactly as diffusers' DDPMPipeline / DDIMPipeline do, so the images match theirs.
@@ -456,11 +456,13 @@ class Pipeline:
         def build():
             network = self._network(net, compile, shape, timesteps)
             return MultistepLoop(
-                network, table, timesteps, shape, self.dtype, noise_mode, seed or 0, self._memory_format
-            )
+                network, table, timesteps, shape, self.dtype, noise_mode, seed or 0, self._memory_format,
+                mean_channels_only=scheduler.mean_channels_only,
+            )  # fmt: skip
 
         key = ("multistep", shape, self.dtype, table.cpu().numpy().tobytes(), tuple(timesteps.tolist()),
-               noise_mode, seed if noise_mode == "philox" else None, bool(compile))  # fmt: skip
+               noise_mode, seed if noise_mode == "philox" else None, bool(compile),
+               scheduler.mean_channels_only)  # fmt: skip
         loop, replay, status = self._cached_loop(key, device, use_cuda_graph, build)
         draw = None
         if noise_mode == "torch":

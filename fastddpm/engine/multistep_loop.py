@@ -38,10 +38,12 @@ class MultistepLoop:
         noise_mode: str | None,
         seed: int,
         memory_format: torch.memory_format = torch.contiguous_format,
+        mean_channels_only: bool = False,
     ) -> None:
         device = table.device
         self.unet, self.table, self.timesteps = unet, table, timesteps
         self.shape, self.net_dtype, self.noise_mode, self.seed = shape, net_dtype, noise_mode, seed
+        self.mean_channels_only = mean_channels_only  # a learned-variance net: its first shape[1] channels
         slots = ms_state_slots(table.shape[1])
         # decided once from the host copy: most samplers never scale the input, and skip the division
         self.divides_input = bool((table[:, MS_INPUT_DIVISOR].cpu() != 1).any())
@@ -65,7 +67,10 @@ class MultistepLoop:
         t = self.timesteps.index_select(0, index).expand(self.shape[0])
         row = self.table.index_select(0, index).squeeze(0)
         net_input = self.x / row[MS_INPUT_DIVISOR] if self.divides_input else self.x
-        model_output = self.unet(net_input.to(self.net_dtype), t).float()
+        model_output = self.unet(net_input.to(self.net_dtype), t)
+        if self.mean_channels_only:
+            model_output = model_output[:, : self.shape[1]]
+        model_output = model_output.float()
         if self.noise_mode == "philox":
             noise = ops.PhiloxNoise(self.seed, self.sample_offset, index.squeeze(0) + 1)
         else:

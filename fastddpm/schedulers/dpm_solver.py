@@ -220,6 +220,11 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
     state_slots = 2  # the converted outputs of the two previous steps (order 3 reads both)
 
     @property
+    def mean_channels_only(self) -> bool:
+        """A learned-variance model's output holds the variance too; the update reads its first half."""
+        return self.config.variance_type in ("learned", "learned_range")
+
+    @property
     def noise_every_step(self) -> bool:
         return self._is_sde
 
@@ -227,8 +232,6 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         c = self.config
         if c.thresholding:
             return "dynamic thresholding is not a linear update"
-        if c.variance_type in ("learned", "learned_range"):
-            return "a learned-variance model output"
         if c.algorithm_type == "sde-dpmsolver" and c.solver_order == 3:
             return "sde-dpmsolver has no order 3 (as in diffusers)"
         return super().graph_refusal()

@@ -107,6 +107,7 @@ class TableDriven:
 
     state_slots = 2
     noise_every_step = False  # diffusers draws noise in every step (SDE / ancestral samplers)
+    mean_channels_only = False  # the update reads only the sample's channels of the model output
 
     def linear_steps(self) -> list[LinearStep]:
         raise NotImplementedError
