@@ -2,7 +2,7 @@
 timestep scale_model_input, the network and ``scheduler.step``, exactly diffusers' standard loop.
 
 It serves what the table-driven MultistepLoop cannot: configs whose step is not linear (dynamic
-thresholding, learned variances, Heun's clip_sample; ``graph_refusal`` names the reason) and scheduler
+thresholding, Heun's clip_sample; ``graph_refusal`` names the reason) and scheduler
 objects that are not fastddpm's (a diffusers scheduler passed as ``sampler=``).
 Noise for SDE / ancestral steps comes from the generator inside ``step`` (noise="torch", as diffusers
 draws it) or, with ``philox_noise``, from the counter-based Philox stream of that step, passed in as
