@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import linalg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,10 +31,14 @@ REFERENCES = [("ddim", 50), ("ddpm", 1000)]
 
 
 def pixel_fd(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance of two Gaussians fitted to the rows of a and b. tr sqrt(cov_a cov_b) is taken as the
+    sum of the square roots of its eigenvalues (real and >= 0 for two covariances): scipy's sqrtm warned
+    "matrix is singular" on every row, since some border pixels are always 0 in the real digits; the two
+    agree to 5 digits on the table's rows (dpm++2m@10 0.11268, euler-a@5 0.46346, ddim@50 0.10720)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b).real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    trace_root = np.sqrt(np.clip(np.linalg.eigvals(cov_a @ cov_b).real, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b) - 2 * trace_root)
 
 
 def table_header(samples: int) -> str:
