@@ -100,6 +100,11 @@ def check_or_write_manifest(
             for key, value in existing["settings"].items()
             if key not in settings
         ]
+        if differences and not folder_has_samples:
+            # a run that stopped before its first image (e.g. refused settings) left only the manifest:
+            # nothing to spoil, so the new settings take the folder
+            _write(folder, {"version": MANIFEST_VERSION, "settings": settings, **info})
+            return None
         if differences:
             raise ManifestMismatch(
                 f"{folder} holds samples drawn with other settings ({'; '.join(differences)}): "

@@ -38,14 +38,16 @@ def _integral_3(t, b, c, d):
 
 
 def _integral_2_float(t: float, b: float, c: float) -> float:
-    """_integral_2 in float64 (the step table's coefficients)."""
-    return t * (-math.log(c) + math.log(t) - 1) / (math.log(b) - math.log(c))
+    """_integral_2 in float64 (the step table's coefficients); IEEE division as torch's (b = c: inf)."""
+    t, b, c = np.float64(t), np.float64(b), np.float64(c)
+    return t * (-np.log(c) + np.log(t) - 1) / (np.log(b) - np.log(c))
 
 
 def _integral_3_float(t: float, b: float, c: float, d: float) -> float:
-    lt, lc, ld = math.log(t), math.log(c), math.log(d)
+    t, b, c, d = np.float64(t), np.float64(b), np.float64(c), np.float64(d)
+    lt, lc, ld = np.log(t), np.log(c), np.log(d)
     numerator = t * (lc * (ld - lt + 1) - ld * lt + ld + lt**2 - 2 * lt + 2)
-    return numerator / ((math.log(b) - lc) * (math.log(b) - ld))
+    return numerator / ((np.log(b) - lc) * (np.log(b) - ld))
 
 
 class DEISMultistepScheduler(MultistepScheduler):
@@ -169,6 +171,10 @@ class DEISMultistepScheduler(MultistepScheduler):
 
     def linear_steps(self) -> list[LinearStep]:
         """convert_model_output (eps through x0) and ``_update`` of the order ``step`` takes, in float64."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self._linear_steps()
+
+    def _linear_steps(self) -> list[LinearStep]:
 
         def alpha_sigma(j: int) -> tuple[float, float]:
             alpha = 1 / (float(self.sigmas[j]) ** 2 + 1) ** 0.5

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastddpm.ops.noise import randn_tensor
@@ -268,14 +269,22 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
 
     def update_row(self, order: int | None = None) -> torch.Tensor:
         """float64 coefficients (a, c0, c1, c2, s) of x_next = a x + c0 m0 + c1 m1 + c2 m2 + s z for the
-        current step, m0 the newest converted output: the linear-combination form of ``_update``."""
+        current step, m0 the newest converted output: the linear-combination form of ``_update``.
+
+        A zero-length step (h = 0: Karras sigmas with final_sigmas_type="sigma_min" end on the last step's
+        own sigma) follows IEEE arithmetic as torch does in ``step``: r0 = inf, 1 / r0 = 0, so the step
+        leaves x unchanged instead of dividing by zero in Python."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self._update_row(order)
+
+    def _update_row(self, order: int | None) -> torch.Tensor:
         order = self._order_now() if order is None else order
         i, kind = self.step_index, self.config.algorithm_type
         heun = self.config.solver_type == "heun" or order == 3  # order 3 has one D1 weight, heun's
         lam = lambda j: self._lambda_alpha_sigma(j)[0].double().item()  # noqa: E731
         _, alpha_t, sigma_t = (v.double().item() for v in self._lambda_alpha_sigma(i + 1))
         _, alpha_s0, sigma_s0 = (v.double().item() for v in self._lambda_alpha_sigma(i))
-        h = lam(i + 1) - lam(i)
+        h = np.float64(lam(i + 1) - lam(i))  # numpy: x / 0 is inf or nan, as in torch
         # weights of D0, D1, D2 as in _update, then D in terms of m0, m1, m2
         if kind.endswith("++") and not kind.startswith("sde"):
             a, phi = sigma_t / sigma_s0, math.expm1(-h)

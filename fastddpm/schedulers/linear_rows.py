@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fastddpm.ops.step_columns import (
@@ -50,7 +51,8 @@ class Lin:
     __rmul__ = __mul__
 
     def __truediv__(self, divisor: float) -> Lin:
-        return self * (1.0 / float(divisor))
+        with np.errstate(divide="ignore"):  # x / 0 = inf as in torch (the table then refuses non-finite rows)
+            return self * float(np.float64(1.0) / np.float64(divisor))
 
     def __neg__(self) -> Lin:
         return self * -1.0
@@ -126,4 +128,13 @@ class TableDriven:
         steps = self.linear_steps()
         if len(steps) != len(self.timesteps):
             raise AssertionError(f"{len(steps)} table rows for {len(self.timesteps)} timesteps")
-        return build_table(steps, self.state_slots)
+        table = build_table(steps, self.state_slots)
+        finite = torch.isfinite(table).all(dim=1)
+        if not finite.all():
+            i = int((~finite).nonzero()[0])
+            raise ValueError(
+                f"{type(self).__name__} with {self.num_inference_steps} steps: step {i} (timestep "
+                f"{float(self.timesteps[i]):g}) has no finite update, as when the schedule repeats a timestep "
+                f"(diffusers' scheduler gives NaN samples there); use fewer steps"
+            )
+        return table

@@ -217,7 +217,12 @@ class UniPCMultistepScheduler(MultistepScheduler):
         return super().graph_refusal()
 
     def _bh_weights(self, order: int, now: int, corrector: bool):
-        """float64 (scale, a, h_phi_1, B_h, rks, rhos) of ``_bh_system`` for a UniP / UniC update."""
+        """float64 (scale, a, h_phi_1, B_h, rks, rhos) of ``_bh_system`` for a UniP / UniC update; IEEE
+        arithmetic as torch's (a zero-length last step, h = 0, gives inf / nan in weights it never uses)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self._bh_weights_ieee(order, now, corrector)
+
+    def _bh_weights_ieee(self, order: int, now: int, corrector: bool):
         lam, alpha, sigma = [], [], []
         for j in range(len(self.sigmas)):
             a = 1 / (float(self.sigmas[j]) ** 2 + 1) ** 0.5
@@ -225,7 +230,7 @@ class UniPCMultistepScheduler(MultistepScheduler):
             alpha.append(a)
             sigma.append(s)
             lam.append(math.log(a) - math.log(s) if s > 0 else math.inf)
-        h = lam[now + 1] - lam[now]
+        h = np.float64(lam[now + 1] - lam[now])  # numpy: x / 0 is inf or nan, as in torch
         rks = [(lam[now - k] - lam[now]) / h for k in range(1, order)] + [1.0]
         hh = -h if self.predict_x0 else h
         h_phi_1 = math.expm1(hh)

@@ -162,6 +162,19 @@ def test_rerun_with_other_settings_is_refused(reference_run, capsys):
     assert folder_bytes(out) == before
 
 
+def test_a_refused_schedule_leaves_the_folder_free_for_other_settings(tmp_path, capsys):
+    """1000 dpm++2m steps on the digits model's 1000-step "leading" schedule repeat timestep 0 (diffusers
+    gives NaN): one line, exit 2, and the folder, which holds no image, takes the next settings."""
+    out = tmp_path / "out"
+    argv = ["sample", "--num", "2", "--out", str(out), "--sampler", "dpm++2m", "--threads", "1"]
+    code, stdout, stderr = run_in_process([*argv, "--steps", "1000"], capsys)
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1
+    assert "with 1000 steps" in stderr and "has no finite update" in stderr and "use fewer steps" in stderr
+    code, stdout, stderr = run_in_process([*argv, "--steps", "4"], capsys)
+    assert code == 0, stderr
+    assert sorted(os.listdir(out)) == ["000000.png", "000001.png", "fastddpm_manifest.json"]
+
+
 def _corrupt_checkpoint(tmp_path) -> str:
     path = tmp_path / "broken.safetensors"
     path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json at all")

@@ -63,6 +63,7 @@ def _configs():
                                           "prediction_type": p, "final_sigmas_type": "sigma_min"}  # fmt: skip
     yield "UniPCMultistepScheduler", {"solver_order": 3}  # final sigma 0
     yield "UniPCMultistepScheduler", {"disable_corrector": [0, 2], "use_karras_sigmas": True}
+    yield "UniPCMultistepScheduler", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}
     # (order 3 at the last step needs a nonzero final sigma: with 0 the Vandermonde system is singular,
     # in diffusers too)
     yield "UniPCMultistepScheduler", {"lower_order_final": False, "solver_order": 3, "timestep_spacing": "trailing",
@@ -173,3 +174,15 @@ def test_graphed_multistep_loop_matches_eager_on_cuda(small_fastddpm_unet, name)
     eager = pipe(use_cuda_graph=False, **common).images
     assert_close(graphed_output.images, eager, 1e-5, 0, f"{name}: graph vs eager")
     assert torch.equal(pipe(use_cuda_graph=True, **common).images, graphed_output.images)
+
+
+@pytest.mark.parametrize(
+    "name", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler"]
+)
+def test_a_schedule_that_repeats_a_timestep_is_refused_in_one_line(name):
+    """1000 steps of a 1000-step schedule repeat a timestep (diffusers' step gives NaN there); the table
+    says so instead of building non-finite rows or dividing by zero in Python."""
+    scheduler = getattr(schedulers, name)()
+    scheduler.set_timesteps(1000)
+    with pytest.raises(ValueError, match=r"with 1000 steps: step \d+ \(timestep \d+\) has no finite update"):
+        scheduler.multistep_table()
