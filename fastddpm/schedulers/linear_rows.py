@@ -31,6 +31,7 @@ class Lin:
     """A linear combination of a step's inputs (x, the model output, the noise, state slots)."""
 
     __slots__ = ("terms",)
+    __array_ufunc__ = None  # numpy scalars (float64 weights) defer to __rmul__ instead of wrapping a Lin
 
     def __init__(self, terms: dict[int, float] | None = None) -> None:
         self.terms = dict(terms or {})
