@@ -127,6 +127,19 @@ def _philox_reasons(noise: PhiloxNoise) -> tuple[list[str], list[torch.Tensor]]:
     return reasons, in_memory
 
 
+def _step_noise_reasons(noise, sample: torch.Tensor) -> tuple[list[str], list[torch.Tensor]]:
+    """A sampler step's optional noise (float32 tensor of the sample's shape, PhiloxNoise or None): the
+    reasons it cannot be served, and the tensors it reads on the device."""
+    if isinstance(noise, PhiloxNoise):
+        return _philox_reasons(noise)
+    if isinstance(noise, torch.Tensor):
+        bad = noise.shape != sample.shape or noise.dtype != torch.float32
+        return (["noise is not float32 of the sample's shape"] if bad else []), [noise]
+    if noise is not None:
+        return [f"noise of type {type(noise).__name__} (need a tensor, PhiloxNoise or None)"], []
+    return [], []
+
+
 def _too_large(per_sample: int) -> list[str]:
     return [f"{per_sample} elements per sample overflow the 32-bit counters"] if per_sample >= 2**31 else []
 
@@ -212,17 +225,8 @@ def why_not_sampler_step(
     if coeffs.shape != (NUM_COLUMNS,) or coeffs.dtype != torch.float32:
         reasons.append(f"coeffs is not a float32 row of {NUM_COLUMNS} step-table columns")
     on_device = [model_output, sample, coeffs]
-    if isinstance(noise, PhiloxNoise):
-        philox_reasons, stream = _philox_reasons(noise)
-        reasons += philox_reasons
-        on_device += stream
-    elif isinstance(noise, torch.Tensor):
-        if noise.shape != sample.shape or noise.dtype != torch.float32:
-            reasons.append("noise is not float32 of the sample's shape")
-        on_device.append(noise)
-    elif noise is not None:
-        reasons.append(f"noise of type {type(noise).__name__} (need a tensor, PhiloxNoise or None)")
-    return reasons + _device_reasons(on_device)
+    noise_reasons, noise_tensors = _step_noise_reasons(noise, sample)
+    return reasons + noise_reasons + _device_reasons(on_device + noise_tensors)
 
 
 def sampler_step(model_output, sample, coeffs, noise, **options):
@@ -252,17 +256,8 @@ def why_not_multistep_update(model_output, sample, state, matrix, noise) -> list
     elif matrix.shape != ((slots + 1) * (slots + 3),) or matrix.dtype != torch.float32:
         reasons.append(f"matrix is not the {(slots + 1) * (slots + 3)} float32 coefficients of {slots} slots")
     on_device = [model_output, sample, state, matrix]
-    if isinstance(noise, PhiloxNoise):
-        philox_reasons, stream = _philox_reasons(noise)
-        reasons += philox_reasons
-        on_device += stream
-    elif isinstance(noise, torch.Tensor):
-        if noise.shape != sample.shape or noise.dtype != torch.float32:
-            reasons.append("noise is not float32 of the sample's shape")
-        on_device.append(noise)
-    elif noise is not None:
-        reasons.append(f"noise of type {type(noise).__name__} (need a tensor, PhiloxNoise or None)")
-    return reasons + _device_reasons(on_device)
+    noise_reasons, noise_tensors = _step_noise_reasons(noise, sample)
+    return reasons + noise_reasons + _device_reasons(on_device + noise_tensors)
 
 
 def multistep_update(model_output, sample, state, matrix, noise):
