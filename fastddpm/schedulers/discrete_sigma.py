@@ -41,16 +41,7 @@ class DiscreteSigmaScheduler(TableDriven, ConfigMixin):
                 f"{', '.join(self.beta_schedules)}"
             )
         sigmas.spacing_of(c)
-        betas = schedules.make_betas(
-            c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end, c.trained_betas
-        )
-        if c.get("rescale_betas_zero_snr"):
-            betas = schedules.rescale_zero_terminal_snr(betas)
-        self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        if c.get("rescale_betas_zero_snr"):
-            self.alphas_cumprod[-1] = 2**-24  # zero SNR would make sigma infinite: diffusers' floor
+        self.betas, self.alphas, self.alphas_cumprod = schedules.sigma_schedule(c)
         train = c.num_train_timesteps
         self.sigmas = torch.cat(
             [(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0), torch.zeros(1)]

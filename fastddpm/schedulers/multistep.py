@@ -51,16 +51,7 @@ class MultistepScheduler(TableDriven, ConfigMixin):
                 f"{', '.join(schedules.BETA_SCHEDULES)}"
             )
         sigmas.spacing_of(c)  # at most one spacing
-        betas = schedules.make_betas(
-            c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end, c.trained_betas
-        )
-        if c.get("rescale_betas_zero_snr"):
-            betas = schedules.rescale_zero_terminal_snr(betas)
-        self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        if c.get("rescale_betas_zero_snr"):
-            self.alphas_cumprod[-1] = 2**-24  # zero SNR would make lambda infinite: diffusers' floor
+        self.betas, self.alphas, self.alphas_cumprod = schedules.sigma_schedule(c)
         self.alpha_t = torch.sqrt(self.alphas_cumprod)
         self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
         self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)

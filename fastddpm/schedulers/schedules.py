@@ -75,3 +75,23 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
     """abar_t = prod_{i <= t} (1 - beta_i), float32 as diffusers accumulates it."""
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+def sigma_schedule(config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(betas, alphas, alphas_cumprod) of a sigma-parametrised scheduler's config, as diffusers' Euler /
+    Heun / DPM-Solver / UniPC / DEIS build them: rescale_betas_zero_snr rescales the betas, then floors the
+    last abar at 2**-24 (zero SNR would make sigma and lambda infinite)."""
+    betas = make_betas(
+        config.beta_schedule,
+        config.num_train_timesteps,
+        config.beta_start,
+        config.beta_end,
+        config.trained_betas,
+    )
+    if config.get("rescale_betas_zero_snr"):
+        betas = rescale_zero_terminal_snr(betas)
+    alphas = 1.0 - betas
+    cumulative = torch.cumprod(alphas, dim=0)
+    if config.get("rescale_betas_zero_snr"):
+        cumulative[-1] = 2**-24
+    return betas, alphas, cumulative
