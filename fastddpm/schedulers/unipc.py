@@ -216,13 +216,8 @@ class UniPCMultistepScheduler(MultistepScheduler):
             return "dynamic thresholding is not a linear update"
         return super().graph_refusal()
 
-    def _bh_weights(self, order: int, now: int, corrector: bool):
-        """float64 (scale, a, h_phi_1, B_h, rks, rhos) of ``_bh_system`` for a UniP / UniC update; IEEE
-        arithmetic as torch's (a zero-length last step, h = 0, gives inf / nan in weights it never uses)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return self._bh_weights_ieee(order, now, corrector)
-
-    def _bh_weights_ieee(self, order: int, now: int, corrector: bool):
+    def _vp_schedule(self) -> tuple[list[float], list[float], list[float]]:
+        """float64 (lambda, alpha, sigma) at every entry of ``sigmas``, for one table build."""
         lam, alpha, sigma = [], [], []
         for j in range(len(self.sigmas)):
             a = 1 / (float(self.sigmas[j]) ** 2 + 1) ** 0.5
@@ -230,6 +225,16 @@ class UniPCMultistepScheduler(MultistepScheduler):
             alpha.append(a)
             sigma.append(s)
             lam.append(math.log(a) - math.log(s) if s > 0 else math.inf)
+        return lam, alpha, sigma
+
+    def _bh_weights(self, order: int, now: int, corrector: bool, vp):
+        """float64 (scale, a, h_phi_1, B_h, rks, rhos) of ``_bh_system`` for a UniP / UniC update; IEEE
+        arithmetic as torch's (a zero-length last step, h = 0, gives inf / nan in weights it never uses).
+        ``vp``: ``_vp_schedule()``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self._bh_weights_ieee(order, now, corrector, *vp)
+
+    def _bh_weights_ieee(self, order: int, now: int, corrector: bool, lam, alpha, sigma):
         h = np.float64(lam[now + 1] - lam[now])  # numpy: x / 0 is inf or nan, as in torch
         rks = [(lam[now - k] - lam[now]) / h for k in range(1, order)] + [1.0]
         hh = -h if self.predict_x0 else h
@@ -253,10 +258,10 @@ class UniPCMultistepScheduler(MultistepScheduler):
             scale, a = sigma[now + 1], alpha[now + 1] / alpha[now]
         return scale, a, h_phi_1, B_h, rks, rhos
 
-    def _converted(self, i: int) -> Lin:
-        """convert_model_output at step i."""
-        alpha = 1 / (float(self.sigmas[i]) ** 2 + 1) ** 0.5
-        sigma = float(self.sigmas[i]) * alpha
+    def _converted(self, i: int, vp) -> Lin:
+        """convert_model_output at step i (``vp``: ``_vp_schedule()``)."""
+        _, alphas, sigmas = vp
+        alpha, sigma = alphas[i], sigmas[i]
         prediction = self.config.prediction_type
         if self.predict_x0:
             return {
@@ -273,12 +278,12 @@ class UniPCMultistepScheduler(MultistepScheduler):
         sample), then UniP predicts from the corrected sample, with the orders ``step`` takes."""
         p, n = self.config.solver_order, len(self.timesteps)
         kept = slot(p)
-        steps, previous_order = [], 1
+        steps, previous_order, vp = [], 1, self._vp_schedule()
         for i in range(n):
-            m = self._converted(i)
+            m = self._converted(i, vp)
             sample = X
             if i > 0 and i - 1 not in self.disable_corrector:
-                scale, a, h_phi_1, B_h, rks, rhos = self._bh_weights(previous_order, i - 1, corrector=True)
+                scale, a, h_phi_1, B_h, rks, rhos = self._bh_weights(previous_order, i - 1, True, vp)
                 res = sum(
                     (rhos[k - 1] * (slot(k) - slot(0)) / rks[k - 1] for k in range(1, previous_order)), Lin()
                 )
@@ -287,7 +292,7 @@ class UniPCMultistepScheduler(MultistepScheduler):
             order = min(p, n - i) if self.config.lower_order_final else p
             order = min(order, min(i, p) + 1)
             outputs = [m] + [slot(k) for k in range(p - 1)]  # the history after the push
-            scale, a, h_phi_1, B_h, rks, rhos = self._bh_weights(order, i, corrector=False)
+            scale, a, h_phi_1, B_h, rks, rhos = self._bh_weights(order, i, False, vp)
             x_next = a * sample - scale * h_phi_1 * m
             if order > 1:
                 res = sum((rhos[k - 1] * (outputs[k] - m) / rks[k - 1] for k in range(1, order)), Lin())
