@@ -18,6 +18,11 @@ def dummy_model(x: torch.Tensor, t) -> torch.Tensor:
     return torch.sin(0.7 * x + float(t) / 97.0) * 1.3
 
 
+def ids(config: dict) -> str:
+    """A parametrize id for a config: its fields, or "default"."""
+    return ",".join(f"{k}={v}" for k, v in config.items()) or "default"
+
+
 def run(scheduler, steps: int, seed: int = 0, model=dummy_model):
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastddpm.schedulers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
-from tests.schedulers.sampler_parity import max_diff
+from tests.schedulers.sampler_parity import ids, max_diff
 
 TOL = 1e-6  # measured: 0.0 (bit-exact) for every config below
 
@@ -33,10 +33,6 @@ HEUN = (
     + SIGMA_SPACINGS
     + [{"clip_sample": True, "clip_sample_range": 0.5}, {"prediction_type": "sample"}]
 )
-
-
-def ids(config):
-    return ",".join(f"{k}={v}" for k, v in config.items()) or "default"
 
 
 @pytest.mark.parametrize("config", EULER, ids=ids)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastddpm.schedulers import DEISMultistepScheduler, PNDMScheduler, UniPCMultistepScheduler
-from tests.schedulers.sampler_parity import max_diff
+from tests.schedulers.sampler_parity import ids, max_diff
 
 TOL = 1e-6  # measured: 0.0 (bit-exact) for every config below
 
@@ -43,10 +43,6 @@ PNDM = [
     {"timestep_spacing": "trailing", "skip_prk_steps": True},
     {"steps_offset": 1, "beta_schedule": "scaled_linear"},
 ]
-
-
-def ids(config):
-    return ",".join(f"{k}={v}" for k, v in config.items()) or "default"
 
 
 @pytest.mark.parametrize("config", UNIPC, ids=ids)
