@@ -23,9 +23,7 @@ import triton.language as tl
 from fastddpm.ops.step_columns import MS_MAX_STATE, MS_NOISE, MS_OUT, MS_STATE, MS_X
 
 from . import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
-from .philox import NO_PHILOX, philox_arguments, sample_normal
-
-NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
+from .philox import sample_normal, step_noise_arguments
 
 
 @triton.jit
@@ -189,16 +187,9 @@ def multistep_update(
     model_output = model_output.contiguous(memory_format=memory_format)
     order = _state_layout(state.shape, memory_format)
     state = _in_layout(state, order)
-    philox = NO_PHILOX
-    if noise is None:
-        noise_mode, noise_tensor = NOISE_NONE, sample
-    elif isinstance(noise, torch.Tensor):
-        if noise.shape != sample.shape or noise.dtype != torch.float32:
-            raise ValueError("kernels/multistep_update.py: noise must be float32 of the sample's shape")
-        noise_mode, noise_tensor = NOISE_TENSOR, noise.contiguous(memory_format=memory_format)
-    else:
-        noise_mode, noise_tensor = NOISE_PHILOX, sample
-        philox = philox_arguments(noise, sample.device)
+    noise_mode, noise_tensor, philox = step_noise_arguments(
+        noise, sample, memory_format, "kernels/multistep_update.py"
+    )
 
     x_next = torch.empty_like(sample, memory_format=memory_format)
     next_state = _empty_in_layout(state, order)

@@ -138,6 +138,21 @@ def philox_arguments(noise, device: torch.device) -> dict:
 # Arguments of a kernel launched without philox noise (the constexpr flags compile the noise code out).
 NO_PHILOX = dict(seed=0, sample_offset=0, stream=0, OFFSET_IN_MEMORY=False, STREAM_IN_MEMORY=False)
 
+# The sampler-step kernels' NOISE constexpr: no noise, a noise tensor, or Philox noise drawn in the kernel.
+NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
+
+
+def step_noise_arguments(noise, sample: torch.Tensor, memory_format, caller: str):
+    """(NOISE mode, noise tensor argument, philox arguments) for a sampler-step launch: ``noise`` is None,
+    a float32 tensor of the sample's shape (made dense in ``memory_format``) or an ops.PhiloxNoise."""
+    if noise is None:
+        return NOISE_NONE, sample, NO_PHILOX
+    if isinstance(noise, torch.Tensor):
+        if noise.shape != sample.shape or noise.dtype != torch.float32:
+            raise ValueError(f"{caller}: noise must be float32 of the sample's shape")
+        return NOISE_TENSOR, noise.contiguous(memory_format=memory_format), NO_PHILOX
+    return NOISE_PHILOX, sample, philox_arguments(noise, sample.device)
+
 
 def _launch(seed, sample_offset, batch, sample_shape, stream, device, write_words: bool, block: int):
     device = torch.device(device)

@@ -34,11 +34,10 @@ from fastddpm.ops.step_columns import (
 )
 
 from . import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
-from .philox import NO_PHILOX, philox_arguments, sample_normal
+from .philox import sample_normal, step_noise_arguments
 
 PREDICTIONS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 VARIANCES = {"fixed": 0, "learned": 1, "learned_range": 2}
-NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
 
 
 @triton.jit
@@ -233,16 +232,9 @@ def sampler_step(
     memory_format = memory_format_of(sample)
     sample = sample.contiguous(memory_format=memory_format)
     model_output = model_output.contiguous(memory_format=memory_format)
-    philox = NO_PHILOX
-    if noise is None:
-        noise_mode, noise_tensor = NOISE_NONE, sample
-    elif isinstance(noise, torch.Tensor):
-        if noise.shape != sample.shape or noise.dtype != torch.float32:
-            raise ValueError("kernels/sampler_step.py: noise must be float32 of the sample's shape")
-        noise_mode, noise_tensor = NOISE_TENSOR, noise.contiguous(memory_format=memory_format)
-    else:
-        noise_mode, noise_tensor = NOISE_PHILOX, sample
-        philox = philox_arguments(noise, sample.device)
+    noise_mode, noise_tensor, philox = step_noise_arguments(
+        noise, sample, memory_format, "kernels/sampler_step.py"
+    )
 
     x_prev = torch.empty_like(sample, memory_format=memory_format)
     x0_dtype = model_output.dtype if prediction_type == "sample" else torch.float32
