@@ -27,6 +27,7 @@ from fastddpm.ops import (
     reference,  # noqa: E402
 )
 from fastddpm.ops.step_columns import MS_MATRIX, MS_MAX_STATE, ms_row_width  # noqa: E402
+from tests.kernels.noise_inputs import step_noise  # noqa: E402
 from tests.tolerances import assert_close  # noqa: E402
 
 multistep_kernels = backend_triton.kernel_module("multistep_update")
@@ -55,15 +56,6 @@ def _inputs(shape, slots, dtype, channels_last, device="cpu", seed=0):
         model_output = model_output.to(memory_format=torch.channels_last)
         state = state.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # each slot NHWC-dense
     return tuple(t.to(device) for t in (model_output, sample, state, matrix))
-
-
-def _noise(mode, shape, device, seed=11):
-    if mode == "tensor":
-        return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
-    if mode == "philox":  # counters in device memory, as the loop's captured step holds them
-        counter = dict(dtype=torch.int64, device=device)
-        return ops.PhiloxNoise(seed, torch.tensor(2**32 + 3, **counter), torch.tensor(5, **counter))
-    return None
 
 
 def _kernel_drawn(given, sample):
@@ -129,7 +121,7 @@ def _cases():
 def test_multistep_update_matches_reference_bit_for_bit(slots, noise_mode, dtype, channels_last, shape):
     model_output, sample, state, matrix = _inputs(shape, slots, dtype, channels_last, seed=slots)
     x_next, next_state = _check(
-        model_output, sample, state, matrix, _noise(noise_mode, shape, "cpu"), block=16
+        model_output, sample, state, matrix, step_noise(noise_mode, shape, "cpu"), block=16
     )
     layout = torch.channels_last if channels_last else torch.contiguous_format
     assert x_next.is_contiguous(memory_format=layout)
@@ -208,4 +200,4 @@ def test_multistep_update_launcher_rejects_bad_input_naming_the_argument():
 def test_cuda_multistep_update_matches_reference(slots, noise_mode, dtype, channels_last, shape):
     shape = (255, 3, 32, 32)
     model_output, sample, state, matrix = _inputs(shape, slots, dtype, channels_last, device="cuda")
-    _check(model_output, sample, state, matrix, _noise(noise_mode, shape, "cuda"))
+    _check(model_output, sample, state, matrix, step_noise(noise_mode, shape, "cuda"))

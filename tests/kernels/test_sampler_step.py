@@ -25,6 +25,7 @@ from fastddpm.ops import (
 )
 from fastddpm.schedulers.ddim import ddim_row  # noqa: E402
 from fastddpm.schedulers.ddpm import ddpm_row  # noqa: E402
+from tests.kernels.noise_inputs import step_noise  # noqa: E402
 from tests.tolerances import assert_close, tolerance  # noqa: E402
 
 sampler_step_kernels = backend_triton.kernel_module("sampler_step")
@@ -63,15 +64,6 @@ def _inputs(shape, variance_type, dtype, channels_last, device="cpu", seed=0):
         sample = sample.to(memory_format=torch.channels_last)
         model_output = model_output.to(memory_format=torch.channels_last)
     return model_output.to(device), sample.to(device)
-
-
-def _noise(mode, shape, device, seed=11):
-    if mode == "tensor":
-        return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
-    if mode == "philox":  # counters in device memory, as the pipeline's captured step holds them
-        counter = dict(dtype=torch.int64, device=device)
-        return ops.PhiloxNoise(seed, torch.tensor(2**32 + 3, **counter), torch.tensor(5, **counter))
-    return None
 
 
 def _materialised(given, sample):
@@ -133,7 +125,7 @@ def test_sampler_step_matches_reference(
         model_output,
         sample,
         _row(kind, "fixed" if variance == "fixed" else variance),
-        _noise(noise_mode, shape, "cpu"),
+        step_noise(noise_mode, shape, "cpu"),
         block=16,
         kind=kind,
         prediction_type=prediction,
@@ -150,7 +142,9 @@ def test_sampler_step_matches_reference(
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_noise_mode_and_dtype_for_the_common_ddpm_step(dtype, noise_mode):
     model_output, sample = _inputs((3, 3, 5, 2), "fixed", dtype, channels_last=False, seed=4)
-    _check(model_output, sample, _row("ddpm", "fixed"), _noise(noise_mode, (3, 3, 5, 2), "cpu"), kind="ddpm")
+    _check(
+        model_output, sample, _row("ddpm", "fixed"), step_noise(noise_mode, (3, 3, 5, 2), "cpu"), kind="ddpm"
+    )
 
 
 @interpreter_only
@@ -212,7 +206,7 @@ def test_cuda_sampler_step_matches_reference(
         model_output,
         sample,
         _row(kind, variance).cuda(),
-        _noise(noise_mode, shape, "cuda"),
+        step_noise(noise_mode, shape, "cuda"),
         kind=kind,
         prediction_type=prediction,
         variance_type=variance,
@@ -229,7 +223,7 @@ def test_cuda_sampler_step_channels_last_bfloat16_with_philox():
         model_output,
         sample,
         _row("ddpm", "learned_range").cuda(),
-        _noise("philox", shape, "cuda"),
+        step_noise("philox", shape, "cuda"),
         kind="ddpm",
         variance_type="learned_range",
     )
