@@ -67,7 +67,11 @@ def main() -> int:
                 rows[f"{sampler}/{noise}"] = us
                 print(f"{sampler:>8} {noise:>6}: {us:7.1f} us/step")
     if args.json:
-        record = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "us_per_step": rows}
+        record = {
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "us_per_step": rows,
+        }
         Path(args.json).write_text(json.dumps(record, indent=1))
     return 0
 

@@ -13,8 +13,30 @@ line). docs/architecture.md in the repository describes them.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import sys
 
 __version__ = "0.1.0"
+
+
+def _kernels_from_checkout() -> None:
+    """Make kernels/ importable as fastddpm.kernels, as setup.py installs it, where this package runs from a
+    source checkout that was not pip-installed (PYTHONPATH=., as the GPU check runs). The schedulers and ops
+    read the step-table layout from it. kernels/__init__.py imports nothing, so this costs no triton import."""
+    name = f"{__name__}.kernels"
+    if name in sys.modules or importlib.util.find_spec(name) is not None:
+        return
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+    init = os.path.join(folder, "__init__.py")
+    if os.path.isfile(init):
+        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[folder])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+_kernels_from_checkout()
 
 # Exported lazily (PEP 562): `fastddpm --help` and argument errors answer without importing torch.
 _EXPORTS = {

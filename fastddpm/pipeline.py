@@ -1,7 +1,7 @@
 """The sampling pipeline: x_T, then U-Net forward + fused sampler step for every reverse step, then images.
 
 The loop keeps no per-step host work the device waits for: the step coefficients come from a table on
-the device (ops/step_columns.py), the U-Net's timestep is a view of a device tensor, and which steps draw noise
+the device (kernels/step_columns.py), the U-Net's timestep is a view of a device tensor, and which steps draw noise
 is known on the host from the table before the loop starts. The sampler state x_t stays float32 whatever
 dtype the network runs in.
 """
@@ -22,10 +22,10 @@ from fastddpm.engine.cuda_graph import capture_step
 from fastddpm.engine.multistep_loop import MultistepLoop
 from fastddpm.engine.sampling_loop import SamplingLoop
 from fastddpm.engine.scheduler_loop import run_scheduler_loop
+from fastddpm.kernels.step_columns import NOISE_ON
 from fastddpm.models.adm_epsilon import AdmEpsilonNet
 from fastddpm.ops import noise as noise_module
 from fastddpm.ops.noise import randn_tensor
-from fastddpm.ops.step_columns import NOISE_ON
 from fastddpm.schedulers import DDPMScheduler, samplers
 from fastddpm.schedulers.gaussian_diffusion import GaussianDiffusion
 
@@ -426,7 +426,7 @@ class Pipeline:
         else:
             x = randn_tensor(shape, generator, device, torch.float32)
         total = len(scheduler.timesteps)
-        refusal = scheduler.graph_refusal() if hasattr(scheduler, "multistep_table") else "no step table"
+        refusal = scheduler.graph_refusal() if hasattr(scheduler, "linear_table") else "no step table"
         table_driven = refusal is None
         with tqdm(total=total, disable=not progress, desc=f"fastddpm {name}", leave=False) as bar:
             if table_driven:
@@ -450,7 +450,7 @@ class Pipeline:
         """A schedule in the table-driven, sync-free MultistepLoop (graphed on CUDA)."""
         device = self.device
         noise_mode = noise if scheduler.noise_every_step else None
-        table = scheduler.multistep_table().to(device)
+        table = scheduler.linear_table().to(device)
         timesteps = scheduler.timesteps.to(device)
 
         def build():

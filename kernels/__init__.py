@@ -2,55 +2,12 @@
 
 Each op module has a private ``_kernel`` (``@triton.jit``) and a launcher that validates its inputs,
 reshapes them and picks the grid. fastddpm/ops/backend_triton.py decides when the launchers may be called
-(device, dtype, autograd) and imports this package only then, so ``import fastddpm`` needs no triton.
+(device, dtype, autograd) and imports the kernel modules only then, so ``import fastddpm`` needs no triton.
 
 Set TRITON_INTERPRET=1 *before* importing this package to run the kernels on CPU tensors: triton decides
-at definition time whether a kernel is compiled or interpreted (``INTERPRETED`` records which).
+at definition time whether a kernel is compiled or interpreted (``common.INTERPRETED`` records which).
+
+step_columns.py, the step tables' column layout, is the contract between the schedulers that write the rows
+and the ops and kernels that read them; it lives here, in the lowest layer, and imports nothing. This file
+imports nothing either: triton is imported by the kernel modules (common.py and one file per op).
 """
-
-from __future__ import annotations
-
-import os
-
-import torch
-import triton
-import triton.language as tl
-
-try:  # triton >= 3.4 reads its settings through knobs; older ones read the variable directly
-    from triton import knobs
-
-    INTERPRETED = bool(knobs.runtime.interpret)
-except ImportError:
-    INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Launch options of the kernels that promise torch's float32 results bit for bit (q_sample, sampler_step):
-# compiled Triton contracts a * b + c into one FMA (one rounding instead of torch's two, as torch runs each op
-# as its own kernel), which changes the last bit. Without contraction these memory-bound kernels lose
-# nothing measurable: they wait on DRAM, not on the FP units. The interpreter ignores the option.
-EXACT_FLOAT32 = {"enable_fp_fusion": False}
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """A 4-D NHWC-dense tensor that is not also NCHW-contiguous (C == 1 or H == W == 1 are both)."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """The layout a kernel runs in: channels_last when x is NHWC-dense, else contiguous (copied if not)."""
-    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
-
-
-@triton.jit
-def rounded(x, DTYPE: tl.constexpr):
-    """float32 x rounded to nearest-even in DTYPE, returned as float32: the rounding of one torch op.
-
-    bfloat16 is rounded with integer arithmetic because the Triton interpreter truncates float32 to
-    bfloat16 (round toward zero), while CUDA and torch round to nearest even; this is exact on both.
-    """
-    if DTYPE == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
-    else:
-        return x.to(DTYPE).to(tl.float32)

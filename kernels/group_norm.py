@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
+from .common import FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
 
 FUSED_MAX_GROUP = 4096  # elements of one group held in registers by the fused kernel
 TARGET_PROGRAMS = 1024  # split so that a launch has about this many programs (H200: 132 SMs x ~8)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
+from .common import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
 from .philox import NO_PHILOX, philox_arguments, sample_normal
 
 

@@ -1,6 +1,6 @@
 """One fused reverse step (DDPM or DDIM): x0_hat, clipping, the posterior mean and the noise in one pass.
 
-The step's scalars come from one row of a step table (fastddpm/ops/step_columns.py) that lives on the device,
+The step's scalars come from one row of a step table (fastddpm/kernels/step_columns.py) that lives on the device,
 typically ``table[step_index]`` with a device-resident index, and the philox stream and sample offset may
 be 0-d device tensors: the kernel loads them, so one captured CUDA graph replays for every step. The noise is read from a
 tensor or drawn in-kernel with the "philox" noise of fastddpm/ops/noise.py.
@@ -21,7 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastddpm.ops.step_columns import (
+from .common import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
+from .philox import sample_normal, step_noise_arguments
+from .step_columns import (
     COEF_X0,
     COEF_XT,
     LOG_VAR_MAX,
@@ -32,9 +34,6 @@ from fastddpm.ops.step_columns import (
     SQRT_ABAR,
     SQRT_ONE_MINUS_ABAR,
 )
-
-from . import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
-from .philox import sample_normal, step_noise_arguments
 
 PREDICTIONS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 VARIANCES = {"fixed": 0, "learned": 1, "learned_range": 2}
@@ -176,7 +175,7 @@ def _check_columns() -> None:
     # The kernel indexes the row by literal column numbers (constexpr); keep them in step with the table.
     columns = (SQRT_ABAR, SQRT_ONE_MINUS_ABAR, COEF_X0, COEF_XT, SIGMA, LOG_VAR_MIN, LOG_VAR_MAX, NOISE_ON)
     if columns != tuple(range(8)) or NUM_COLUMNS != 8:
-        raise RuntimeError("kernels/sampler_step.py: ops/step_columns.py changed; update the kernel")
+        raise RuntimeError("kernels/sampler_step.py: kernels/step_columns.py changed; update the kernel")
 
 
 _check_columns()

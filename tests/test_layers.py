@@ -1,5 +1,6 @@
 """The package's layers import downward only: cli -> pipeline -> engine / models / schedulers / checkpoints
--> ops -> kernels, _C. Checked on every import statement of every module, lazy ones inside functions too."""
+-> ops -> kernels, _C. Checked on every import statement of every module, lazy ones inside functions too,
+in fastddpm/ and in kernels/ (installed as fastddpm.kernels)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "fastddpm"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "fastddpm"
+KERNELS = ROOT / "kernels"  # setup.py installs it as fastddpm.kernels
 
 # Higher imports lower or equal; the four middle parts share a layer (a reader may build the network).
 LAYER = {
@@ -33,8 +36,10 @@ def part_of(module: str) -> str:
 
 
 def module_name(path: Path) -> str:
-    relative = path.relative_to(PACKAGE.parent).with_suffix("")
+    relative = path.relative_to(ROOT).with_suffix("")
     parts = list(relative.parts)
+    if parts[0] == "kernels":
+        parts.insert(0, "fastddpm")
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -57,23 +62,42 @@ def imported_modules(source: str, here: str, is_package: bool = False) -> list[t
                 continue
             for alias in node.names:  # `from fastddpm import ops` imports the module fastddpm.ops
                 candidate = f"{source}.{alias.name}"
-                is_module = (PACKAGE.parent / candidate.replace(".", "/")).is_dir() or (
-                    PACKAGE.parent / (candidate.replace(".", "/") + ".py")
-                ).is_file()
+                is_module = source_path(candidate).is_dir() or source_path(candidate, ".py").is_file()
                 found.append((node.lineno, candidate if is_module else source))
     return found
 
 
-MODULES = sorted(PACKAGE.rglob("*.py"))
+def source_path(module: str, suffix: str = "") -> Path:
+    """Where module ``fastddpm.x.y`` lives in the checkout (fastddpm.kernels.* in kernels/)."""
+    parts = module.split(".")
+    if parts[:2] == ["fastddpm", "kernels"]:
+        parts = parts[1:]
+    return ROOT.joinpath(*parts).with_name(parts[-1] + suffix)
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+MODULES = sorted(PACKAGE.rglob("*.py")) + sorted(KERNELS.rglob("*.py"))
+
+
+def test_the_kernels_are_checked_too():
+    assert any(path.parent == KERNELS for path in MODULES)
+    assert module_name(KERNELS / "sampler_step.py") == "fastddpm.kernels.sampler_step"
+    assert imported_modules("from .step_columns import NOISE_ON\n", "fastddpm.kernels.sampler_step") == [
+        (1, "fastddpm.kernels.step_columns")
+    ]
+    # the import that kernels/ had before: a kernel reading the layout from ops, one layer up
+    found = imported_modules(
+        "from fastddpm.ops.step_columns import NOISE_ON\n", "fastddpm.kernels.sampler_step"
+    )
+    assert LAYER[part_of(found[0][1])] > LAYER["kernels"]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_imports_go_downward(path):
     mine = part_of(module_name(path))
     for line, target in imported_modules(path.read_text(), module_name(path), path.name == "__init__.py"):
         theirs = part_of(target)
         assert LAYER[theirs] <= LAYER[mine], (
-            f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}: {mine or 'fastddpm'} "
+            f"{path.relative_to(ROOT)}:{line} imports {target}: {mine or 'fastddpm'} "
             f"(layer {LAYER[mine]}) must not import {theirs or 'fastddpm'} (layer {LAYER[theirs]})"
         )
 

@@ -77,10 +77,8 @@ def test_triton_multistep_pipeline_matches_torch_pipeline(monkeypatch, sampler):
     pipe = fastddpm.Pipeline.from_diffusers(_tiny_unet_without_attention())
     expected = _sample(pipe, monkeypatch, "torch", sampler=sampler, num_inference_steps=4)
     calls = []
-    served = backend_triton.multistep_update
-    monkeypatch.setattr(
-        backend_triton, "multistep_update", lambda *a, **k: calls.append(1) or served(*a, **k)
-    )
+    served = backend_triton.linear_update
+    monkeypatch.setattr(backend_triton, "linear_update", lambda *a, **k: calls.append(1) or served(*a, **k))
     actual = _sample(pipe, monkeypatch, "triton", sampler=sampler, num_inference_steps=4)
     assert len(calls) == {"dpm++2m-sde": 4, "heun": 7}[sampler]  # Heun: 2 evaluations a step but the last
     print(f"MEASURED {sampler}: {(actual - expected).abs().max().item():.2e}")

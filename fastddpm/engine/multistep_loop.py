@@ -1,8 +1,8 @@
 """The sync-free, graph-capturable loop for the table-driven samplers (all but DDPM / DDIM).
 
-Like SamplingLoop, one ``step`` reads its timestep and table row (step_columns.py, MS_*) with a
+Like SamplingLoop, one ``step`` reads its timestep and table row (step_columns.py, LIN_*) with a
 device-resident step index, runs the network on x (divided by the row's input divisor where the sampler
-scales its input), then one fused ``ops.multistep_update`` maps (x, model output, noise, state) to the
+scales its input), then one fused ``ops.linear_update`` maps (x, model output, noise, state) to the
 next x and state, written back into static buffers. The step has no host work, so one captured CUDA
 graph replays for every network evaluation (Heun's and PNDM's extra evaluations are rows of their own).
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from fastddpm import ops
-from fastddpm.ops.step_columns import MS_INPUT_DIVISOR, MS_MATRIX, ms_state_slots
+from fastddpm.kernels.step_columns import LIN_INPUT_DIVISOR, LIN_MATRIX, linear_state_slots
 
 
 def state_buffer(slots: int, shape: tuple[int, ...], device, memory_format) -> torch.Tensor:
@@ -44,9 +44,9 @@ class MultistepLoop:
         self.unet, self.table, self.timesteps = unet, table, timesteps
         self.shape, self.net_dtype, self.noise_mode, self.seed = shape, net_dtype, noise_mode, seed
         self.mean_channels_only = mean_channels_only  # a learned-variance net: its first shape[1] channels
-        slots = ms_state_slots(table.shape[1])
+        slots = linear_state_slots(table.shape[1])
         # decided once from the host copy: most samplers never scale the input, and skip the division
-        self.divides_input = bool((table[:, MS_INPUT_DIVISOR].cpu() != 1).any())
+        self.divides_input = bool((table[:, LIN_INPUT_DIVISOR].cpu() != 1).any())
         self.x = torch.zeros(shape, dtype=torch.float32, device=device).contiguous(
             memory_format=memory_format
         )
@@ -62,11 +62,11 @@ class MultistepLoop:
         )
 
     def step(self) -> None:
-        """x, state <- multistep_update(net(x / divisor, t[i]), x, state, row i, noise); i += 1."""
+        """x, state <- linear_update(net(x / divisor, t[i]), x, state, row i, noise); i += 1."""
         index = self.step_index
         t = self.timesteps.index_select(0, index).expand(self.shape[0])
         row = self.table.index_select(0, index).squeeze(0)
-        net_input = self.x / row[MS_INPUT_DIVISOR] if self.divides_input else self.x
+        net_input = self.x / row[LIN_INPUT_DIVISOR] if self.divides_input else self.x
         model_output = self.unet(net_input.to(self.net_dtype), t)
         if self.mean_channels_only:
             model_output = model_output[:, : self.shape[1]]
@@ -75,7 +75,7 @@ class MultistepLoop:
             noise = ops.PhiloxNoise(self.seed, self.sample_offset, index.squeeze(0) + 1)
         else:
             noise = self.noise
-        x_next, state = ops.multistep_update(model_output, self.x, self.state, row[MS_MATRIX:], noise)
+        x_next, state = ops.linear_update(model_output, self.x, self.state, row[LIN_MATRIX:], noise)
         self.state.copy_(state)
         self.x.copy_(x_next)
         self.step_index.add_(1)

@@ -202,7 +202,7 @@ def sampler_step(
     )
 
 
-def multistep_update(
+def linear_update(
     model_output: torch.Tensor,
     sample: torch.Tensor,
     state: torch.Tensor,
@@ -210,5 +210,5 @@ def multistep_update(
     noise: torch.Tensor | PhiloxNoise | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of a table-driven sampler: (x_next, next state) = the row's matrix times (x,
-    model_output, noise, state). See reference.multistep_update and the MS_* columns of step_columns.py."""
-    return _dispatch("multistep_update", model_output, sample, state, matrix, noise)
+    model_output, noise, state). See reference.linear_update and the LIN_* columns of step_columns.py."""
+    return _dispatch("linear_update", model_output, sample, state, matrix, noise)

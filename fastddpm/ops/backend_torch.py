@@ -54,9 +54,9 @@ def why_not_sampler_step(*args, **kwargs) -> list[str]:
     return []
 
 
-def multistep_update(model_output, sample, state, matrix, noise):
-    return reference.multistep_update(model_output, sample, state, matrix, _materialise(noise, sample))
+def linear_update(model_output, sample, state, matrix, noise):
+    return reference.linear_update(model_output, sample, state, matrix, _materialise(noise, sample))
 
 
-def why_not_multistep_update(*args, **kwargs) -> list[str]:
+def why_not_linear_update(*args, **kwargs) -> list[str]:
     return []

@@ -16,15 +16,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import os
-import sys
 from types import ModuleType
 
 import torch
 
 from fastddpm import ops
+from fastddpm.kernels.step_columns import LIN_MAX_STATE, NUM_COLUMNS
 from fastddpm.ops import PhiloxNoise
-from fastddpm.ops.step_columns import MS_MAX_STATE, NUM_COLUMNS
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KINDS = ("ddpm", "ddim")
@@ -35,29 +33,9 @@ _triton_checked = False
 
 
 def _kernels() -> ModuleType:
-    """fastddpm.kernels: installed by setup.py from kernels/, or loaded from a source checkout's kernels/."""
-    try:
-        return importlib.import_module("fastddpm.kernels")
-    except ModuleNotFoundError as exc:
-        if exc.name != "fastddpm.kernels":
-            raise
-    # A source checkout (tests, editable use without a build, bench/gpu_check.sh): kernels/ sits next to
-    # fastddpm/, two folders above this file (fastddpm/ops/).
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.path.join(root, "kernels")
-    spec = importlib.util.spec_from_file_location(
-        "fastddpm.kernels", os.path.join(path, "__init__.py"), submodule_search_locations=[path]
-    )
-    if spec is None or spec.loader is None:
-        raise ModuleNotFoundError(f"fastddpm.kernels is not installed and {path} has no kernels")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fastddpm.kernels"] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules["fastddpm.kernels"]
-        raise
-    return module
+    """fastddpm.kernels.common, which imports triton (fastddpm/__init__.py makes fastddpm.kernels importable
+    from a source checkout that was not pip-installed)."""
+    return importlib.import_module("fastddpm.kernels.common")
 
 
 def kernel_module(name: str) -> ModuleType:
@@ -234,10 +212,10 @@ def sampler_step(model_output, sample, coeffs, noise, **options):
         return kernel_module("sampler_step").sampler_step(model_output, sample, coeffs, noise, **options)
 
 
-# -------------------------------------------------------------------------------------- multistep_update
+# -------------------------------------------------------------------------------------- linear_update
 
 
-def why_not_multistep_update(model_output, sample, state, matrix, noise) -> list[str]:
+def why_not_linear_update(model_output, sample, state, matrix, noise) -> list[str]:
     reasons = _triton_reasons()
     if reasons:
         return reasons
@@ -251,8 +229,8 @@ def why_not_multistep_update(model_output, sample, state, matrix, noise) -> list
     if model_output.shape != sample.shape:
         reasons.append(f"model_output shape {tuple(model_output.shape)} is not the sample's")
     slots = state.shape[0] if state.dim() else -1
-    if state.dtype != torch.float32 or state.shape[1:] != sample.shape or not 0 <= slots <= MS_MAX_STATE:
-        reasons.append(f"state is not float32 (K, *sample.shape) with K <= {MS_MAX_STATE}")
+    if state.dtype != torch.float32 or state.shape[1:] != sample.shape or not 0 <= slots <= LIN_MAX_STATE:
+        reasons.append(f"state is not float32 (K, *sample.shape) with K <= {LIN_MAX_STATE}")
     elif matrix.shape != ((slots + 1) * (slots + 3),) or matrix.dtype != torch.float32:
         reasons.append(f"matrix is not the {(slots + 1) * (slots + 3)} float32 coefficients of {slots} slots")
     on_device = [model_output, sample, state, matrix]
@@ -260,9 +238,9 @@ def why_not_multistep_update(model_output, sample, state, matrix, noise) -> list
     return reasons + noise_reasons + _device_reasons(on_device + noise_tensors)
 
 
-def multistep_update(model_output, sample, state, matrix, noise):
+def linear_update(model_output, sample, state, matrix, noise):
     with _on_device_of(sample):
-        return kernel_module("multistep_update").multistep_update(model_output, sample, state, matrix, noise)
+        return kernel_module("linear_update").linear_update(model_output, sample, state, matrix, noise)
 
 
 # -------------------------------------------------------------------------------------------- group_norm

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastddpm.ops.step_columns import (
+from fastddpm.kernels.step_columns import (
     COEF_X0,
     COEF_XT,
     LOG_VAR_MAX,
@@ -163,17 +163,17 @@ def sampler_step(
     return prev, x0
 
 
-def multistep_update(
+def linear_update(
     model_output: torch.Tensor,
     sample: torch.Tensor,
     state: torch.Tensor,
     matrix: torch.Tensor,
     noise: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of any multistep sampler as a linear map (step_columns.py, MS_*): (x_next, next state).
+    """One step of any table-driven sampler as a linear map (step_columns.py, LIN_*): (x_next, next state).
 
     ``state`` is (K, *sample.shape) float32; ``matrix`` the row's (K + 1) * (K + 3) coefficients after
-    MS_MATRIX; ``noise`` N(0, I), or None when the step adds none (its column must then be 0).
+    LIN_MATRIX; ``noise`` N(0, I), or None when the step adds none (its column must then be 0).
     """
     slots = state.shape[0]
     inputs = [sample, model_output, noise if noise is not None else torch.zeros_like(sample)]

@@ -1,5 +1,5 @@
 """diffusers-compatible schedulers: one module per sampler family, each with the builder of its step-table
-rows (the per-step coefficients the fused updates read, ops/step_columns.py) where the engine runs it."""
+rows (the per-step coefficients the fused updates read, kernels/step_columns.py) where the engine runs it."""
 
 from fastddpm.schedulers.base import SchedulerOutput
 from fastddpm.schedulers.config_mixin import FrozenConfig

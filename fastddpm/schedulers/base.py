@@ -2,7 +2,7 @@
 timesteps, q-sampling and the step-table cache.
 
 A scheduler's ``step`` computes its coefficients exactly as diffusers does (one row of a step table, see
-ops/step_columns.py) and runs through ``ops.sampler_step``, so a scheduler used in a diffusers-style loop
+kernels/step_columns.py) and runs through ``ops.sampler_step``, so a scheduler used in a diffusers-style loop
 gives diffusers' numbers, and the fused kernels serve it where they can. ``step_table`` gives the whole
 schedule's coefficients at once for the pipeline's sync-free loop.
 """

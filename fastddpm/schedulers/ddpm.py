@@ -11,8 +11,7 @@ from typing import Any
 import torch
 
 from fastddpm import ops
-from fastddpm.ops.noise import randn_tensor
-from fastddpm.ops.step_columns import (
+from fastddpm.kernels.step_columns import (
     COEF_X0,
     COEF_XT,
     LOG_VAR_MAX,
@@ -24,6 +23,7 @@ from fastddpm.ops.step_columns import (
     SQRT_ONE_MINUS_ABAR,
     VARIANCE_TYPES,
 )
+from fastddpm.ops.noise import randn_tensor
 from fastddpm.schedulers.base import Scheduler, SchedulerOutput, as_int
 from fastddpm.schedulers.config_mixin import register_to_config
 

@@ -16,7 +16,7 @@ Their process, as their create_gaussian_diffusion builds it from the diffusion f
   clipped x0 and adds eta-scaled noise.
 
 The coefficients are their float64 numpy tables, each cast to float32 once: one row of the step table
-(ops/step_columns.py) per kept step, in sampling order, read by ops.sampler_step in the sync-free loop.
+(kernels/step_columns.py) per kept step, in sampling order, read by ops.sampler_step in the sync-free loop.
 Their samplers draw one standard normal per step, the last included; ``draws_every_step`` tells the loop so.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastddpm.ops.step_columns import (
+from fastddpm.kernels.step_columns import (
     COEF_X0,
     COEF_XT,
     LOG_VAR_MAX,

@@ -4,8 +4,8 @@ All the samplers but DDPM / DDIM step linearly: the next sample and the solver's
 outputs, a kept sample, a running sum) are fixed linear combinations of the current sample, the model
 output, the step's noise and the previous state, with coefficients that depend on the step only. A
 sampler's ``linear_steps`` writes each evaluation's update with ``Lin`` values, in the same expressions
-as its ``step`` (in float64); ``multistep_table`` lays them out as step_columns.py's MS_* rows, which the
-table-driven loop (engine/multistep_loop.py) feeds to ops.multistep_update. Nothing here runs per step
+as its ``step`` (in float64); ``linear_table`` lays them out as step_columns.py's LIN_* rows, which the
+table-driven loop (engine/multistep_loop.py) feeds to ops.linear_update. Nothing here runs per step
 at sampling time: the table is built once per schedule.
 """
 
@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastddpm.ops.step_columns import (
-    MS_INPUT_DIVISOR,
-    MS_MATRIX,
-    MS_NOISE,
-    MS_OUT,
-    MS_STATE,
-    MS_X,
-    ms_row_width,
+from fastddpm.kernels.step_columns import (
+    LIN_INPUT_DIVISOR,
+    LIN_MATRIX,
+    LIN_NOISE,
+    LIN_OUT,
+    LIN_STATE,
+    LIN_X,
+    linear_row_width,
 )
 
 
@@ -59,15 +59,15 @@ class Lin:
         return self * -1.0
 
 
-X = Lin({MS_X: 1.0})  # the sample the step starts from
-OUT = Lin({MS_OUT: 1.0})  # the network's output at it
-NOISE = Lin({MS_NOISE: 1.0})  # the step's N(0, I) draw
+X = Lin({LIN_X: 1.0})  # the sample the step starts from
+OUT = Lin({LIN_OUT: 1.0})  # the network's output at it
+NOISE = Lin({LIN_NOISE: 1.0})  # the step's N(0, I) draw
 ZERO = Lin()
 
 
 def slot(k: int) -> Lin:
     """State slot k as the step finds it."""
-    return Lin({MS_STATE + k: 1.0})
+    return Lin({LIN_STATE + k: 1.0})
 
 
 @dataclass
@@ -86,18 +86,18 @@ def shifted(new: Lin, slots: int) -> list[Lin]:
 
 
 def build_table(steps: list[LinearStep], slots: int) -> torch.Tensor:
-    """(len(steps), ms_row_width(slots)) float32: coefficients computed in float64, rounded once."""
+    """(len(steps), linear_row_width(slots)) float32: coefficients computed in float64, rounded once."""
     width = slots + 3
-    table = torch.zeros((len(steps), ms_row_width(slots)), dtype=torch.float64)
+    table = torch.zeros((len(steps), linear_row_width(slots)), dtype=torch.float64)
     for i, step in enumerate(steps):
         if len(step.state) != slots:
             raise ValueError(f"step {i} sets {len(step.state)} state slots, the table has {slots}")
-        table[i, MS_INPUT_DIVISOR] = step.input_divisor
+        table[i, LIN_INPUT_DIVISOR] = step.input_divisor
         for r, lin in enumerate([step.x_next, *step.state]):
             for column, weight in lin.terms.items():
                 if column >= width:
-                    raise ValueError(f"step {i} reads state slot {column - MS_STATE}, the table has {slots}")
-                table[i, MS_MATRIX + r * width + column] = weight
+                    raise ValueError(f"step {i} reads state slot {column - LIN_STATE}, the table has {slots}")
+                table[i, LIN_MATRIX + r * width + column] = weight
     return table.float()
 
 
@@ -121,8 +121,8 @@ class TableDriven:
             return "set_timesteps has not been called"
         return None
 
-    def multistep_table(self) -> torch.Tensor:
-        """The whole schedule's MS_* rows, in loop order (float32, on the CPU)."""
+    def linear_table(self) -> torch.Tensor:
+        """The whole schedule's LIN_* rows, in loop order (float32, on the CPU)."""
         refusal = self.graph_refusal()
         if refusal is not None:
             raise ValueError(f"{type(self).__name__} cannot run table-driven: {refusal}")

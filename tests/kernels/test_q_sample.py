@@ -223,11 +223,11 @@ assert "fma.rn.f32" not in step_ptx
 multistep = dict(model_output_ptr="*fp32", sample_ptr="*fp32", state_ptr="*fp32", matrix_ptr="*fp32",
                  noise_ptr="*fp32", x_next_ptr="*fp32", next_state_ptr="*fp32", **counters, matrix_stride=i32,
                  plane="i64", per_sample=i32, channels=i32, spatial=i32, blocks_per_sample=i32)
-compile("multistep_update", "_multistep_update_kernel", {**multistep, "model_output_ptr": "*bf16"},
+compile("linear_update", "_linear_update_kernel", {**multistep, "model_output_ptr": "*bf16"},
         dict(K=5, NOISE=2, **in_memory, CHANNELS_LAST=True, BLOCK=1024))
 multistep_fp32 = (multistep, dict(K=5, NOISE=1, **in_memory, CHANNELS_LAST=False, BLOCK=1024))
-assert "fma.rn.f32" in compile("multistep_update", "_multistep_update_kernel", *multistep_fp32).asm["ptx"]
-assert "fma.rn.f32" not in compile("multistep_update", "_multistep_update_kernel", *multistep_fp32,
+assert "fma.rn.f32" in compile("linear_update", "_linear_update_kernel", *multistep_fp32).asm["ptx"]
+assert "fma.rn.f32" not in compile("linear_update", "_linear_update_kernel", *multistep_fp32,
                                    options=exact).asm["ptx"]
 shape = dict(num_groups=i32, channels=i32, group_channels=i32, spatial=i32)
 pointers = dict(x_ptr="*fp16", out_ptr="*fp16", add_ptr="*fp32", weight_ptr="*fp32", bias_ptr="*fp32",

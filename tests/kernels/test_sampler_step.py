@@ -16,12 +16,13 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
+from fastddpm.kernels import step_columns  # noqa: E402
+
 from fastddpm import ops  # noqa: E402
 from fastddpm.ops import (
     backend_triton,  # noqa: E402
     noise,  # noqa: E402
     reference,  # noqa: E402
-    step_columns,  # noqa: E402
 )
 from fastddpm.schedulers.ddim import ddim_row  # noqa: E402
 from fastddpm.schedulers.ddpm import ddpm_row  # noqa: E402

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from fastddpm.kernels.step_columns import NUM_COLUMNS
 
 from fastddpm import ops
 from fastddpm.ops import reference
-from fastddpm.ops.step_columns import NUM_COLUMNS
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fastddpm.kernels.step_columns import COEF_X0, COEF_XT, LOG_VAR_MAX, LOG_VAR_MIN, NOISE_ON, SQRT_ABAR
 
-from fastddpm.ops.step_columns import COEF_X0, COEF_XT, LOG_VAR_MAX, LOG_VAR_MIN, NOISE_ON, SQRT_ABAR
 from fastddpm.schedulers.gaussian_diffusion import GaussianDiffusion, named_betas, space_timesteps
 from tests import adm_reference
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from fastddpm.kernels.step_columns import LIN_INPUT_DIVISOR, LIN_MATRIX, linear_row_width
 
 from fastddpm.ops import reference
-from fastddpm.ops.step_columns import MS_INPUT_DIVISOR, MS_MATRIX, ms_row_width
 from fastddpm.schedulers.linear_rows import NOISE, OUT, LinearStep, X, build_table, shifted, slot
 
 
@@ -23,8 +23,8 @@ def test_a_built_row_is_the_map_the_op_applies():
     m = 0.5 * X - 1.5 * OUT
     step = LinearStep(1.25 * X + 0.5 * m - 0.75 * slot(0) + 0.1 * NOISE, shifted(m, 2), input_divisor=2.0)
     table = build_table([step], slots=2)
-    assert table.shape == (1, ms_row_width(2)) and table[0, MS_INPUT_DIVISOR] == 2.0
-    x_next, next_state = reference.multistep_update(out, x, state, table[0, MS_MATRIX:], z)
+    assert table.shape == (1, linear_row_width(2)) and table[0, LIN_INPUT_DIVISOR] == 2.0
+    x_next, next_state = reference.linear_update(out, x, state, table[0, LIN_MATRIX:], z)
     m_value = 0.5 * x - 1.5 * out
     torch.testing.assert_close(x_next, 1.25 * x + 0.5 * m_value - 0.75 * state[0] + 0.1 * z)
     torch.testing.assert_close(next_state[0], m_value)

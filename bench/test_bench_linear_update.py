@@ -1,9 +1,9 @@
-"""Cost of the fused multistep update (ops.multistep_update, the table-driven samplers' step) against the
+"""Cost of the fused multistep update (ops.linear_update, the table-driven samplers' step) against the
 U-Net forward it follows, on the CPU at cifar10-32, batch 64 (issue: the update must stay under 2% of a
 step). Timed for the smallest and the largest solver states: DPM-Solver++ 3M (2 state slots), UniPC
 order 3 (4) and PNDM with its Runge-Kutta warm-up (5).
 
-Run: python -m pytest bench/test_bench_multistep.py -p no:cacheprovider -s. All are timed here by
+Run: python -m pytest bench/test_bench_linear_update.py -p no:cacheprovider -s. All are timed here by
 median of interleaved repeats (pytest-benchmark's groups would time them minutes apart on a shared
 machine); the numbers print and the ratios are asserted.
 """
@@ -12,10 +12,10 @@ import statistics
 import time
 
 import torch
+from fastddpm.kernels.step_columns import LIN_MATRIX, linear_state_slots
 
 from fastddpm import ops
 from fastddpm.models.unet import UNet2D
-from fastddpm.ops.step_columns import MS_MATRIX, ms_state_slots
 from fastddpm.schedulers import DPMSolverMultistepScheduler, PNDMScheduler, UniPCMultistepScheduler
 from tests import model_factory
 
@@ -31,7 +31,7 @@ SCHEDULERS = {
 }
 
 
-def test_fused_multistep_update_is_under_two_percent_of_a_step():
+def test_fused_linear_update_is_under_two_percent_of_a_step():
     torch.manual_seed(0)
     unet = UNet2D.from_config(model_factory.cifar10_config()).eval()
     shape = (BATCH, 3, 32, 32)
@@ -40,13 +40,13 @@ def test_fused_multistep_update_is_under_two_percent_of_a_step():
     updates = {}
     for name, scheduler in SCHEDULERS.items():
         scheduler.set_timesteps(20)
-        row = scheduler.multistep_table()[5]
-        state = torch.randn((ms_state_slots(row.numel()), *shape))
-        updates[name] = (row[MS_MATRIX:], state)
+        row = scheduler.linear_table()[5]
+        state = torch.randn((linear_state_slots(row.numel()), *shape))
+        updates[name] = (row[LIN_MATRIX:], state)
 
     def update(name):
         matrix, state = updates[name]
-        x_next, next_state = ops.multistep_update(out, x, state, matrix, None)
+        x_next, next_state = ops.linear_update(out, x, state, matrix, None)
         state.copy_(next_state)  # as the loop writes its static buffers
         return x_next
 

@@ -1,4 +1,4 @@
-"""Every table-driven sampler: MultistepLoop (step table + ops.multistep_update) against the scheduler's
+"""Every table-driven sampler: MultistepLoop (step table + ops.linear_update) against the scheduler's
 own ``step`` run in diffusers' standard loop, over the config matrix each family has.
 
 The schedulers' ``step`` equals diffusers' bit for bit (tests/schedulers), so this checks the table form
@@ -106,7 +106,7 @@ def test_table_loop_matches_the_scheduler_loop(case):
     expected = run_scheduler_loop(net, scheduler, x_T, torch.float32, torch.Generator().manual_seed(1))
 
     scheduler.set_timesteps(steps)
-    table = scheduler.multistep_table()
+    table = scheduler.linear_table()
     noise_mode = "torch" if scheduler.noise_every_step else None
     loop = MultistepLoop(
         net, table, scheduler.timesteps, SHAPE, torch.float32, noise_mode, 0,
@@ -139,7 +139,7 @@ def test_nonlinear_configs_are_refused_with_the_reason(name, config, reason):
     scheduler.set_timesteps(5)
     assert reason in scheduler.graph_refusal()
     with pytest.raises(ValueError, match=reason):
-        scheduler.multistep_table()
+        scheduler.linear_table()
 
 
 FAST_SAMPLERS = [n for n in samplers.NAMES if n not in ("ddpm", "ddim")]
@@ -185,4 +185,4 @@ def test_a_schedule_that_repeats_a_timestep_is_refused_in_one_line(name):
     scheduler = getattr(schedulers, name)()
     scheduler.set_timesteps(1000)
     with pytest.raises(ValueError, match=r"with 1000 steps: step \d+ \(timestep \d+\) has no finite update"):
-        scheduler.multistep_table()
+        scheduler.linear_table()

@@ -2,13 +2,13 @@
 
 Every output element depends only on the inputs at its own index, so one program reads the K + 3 inputs of
 BLOCK elements (x, model output, noise, state_0..state_{K-1}) once and writes all K + 1 outputs (x_next,
-next state_0..state_{K-1}) from registers. The (K + 1) x (K + 3) coefficients (step_columns.py, MS_*) are
-loaded from device memory: the sampling loop passes ``table.index_select(0, step_index)[MS_MATRIX:]``, so
+next state_0..state_{K-1}) from registers. The (K + 1) x (K + 3) coefficients (step_columns.py, LIN_*) are
+loaded from device memory: the sampling loop passes ``table.index_select(0, step_index)[LIN_MATRIX:]``, so
 one captured CUDA graph replays for every step, and no coefficient is ever read on (or specialised by)
 the host. The noise is read from a tensor, drawn in-kernel with the "philox" noise of
 fastddpm/ops/noise.py, or absent (zeros).
 
-Each output row accumulates in reference.multistep_update's order (x, model output, noise, then the state
+Each output row accumulates in reference.linear_update's order (x, model output, noise, then the state
 slots), each product and sum rounded to float32 on its own (no FMA contraction: EXACT_FLOAT32). A float16 /
 bfloat16 model output is multiplied as torch multiplies ``0-d float32 coefficient * half tensor``: the
 coefficient rounded to the half dtype, the product rounded back to it (``rounded``) before the float32 sum.
@@ -20,10 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastddpm.ops.step_columns import MS_MAX_STATE, MS_NOISE, MS_OUT, MS_STATE, MS_X
-
-from . import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
+from .common import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format_of, rounded
 from .philox import sample_normal, step_noise_arguments
+from .step_columns import LIN_MAX_STATE, LIN_NOISE, LIN_OUT, LIN_STATE, LIN_X
 
 
 @triton.jit
@@ -50,7 +49,7 @@ def _output_row(
 
 
 @triton.jit(do_not_specialize=["seed", "sample_offset", "stream"])
-def _multistep_update_kernel(
+def _linear_update_kernel(
     model_output_ptr,  # (B, C, ...) network output, fp32 / fp16 / bf16, the sample's layout
     sample_ptr,  # (B, C, ...) float32 x
     state_ptr,  # (K, B, C, ...) float32 state, each slot in the sample's layout, slots `plane` apart
@@ -67,7 +66,7 @@ def _multistep_update_kernel(
     channels,  # C
     spatial,  # elements per channel (H * W)
     blocks_per_sample,  # programs per sample
-    K: tl.constexpr,  # state slots, 0..MS_MAX_STATE
+    K: tl.constexpr,  # state slots, 0..LIN_MAX_STATE
     NOISE: tl.constexpr,  # 0 none, 1 tensor, 2 philox
     OFFSET_IN_MEMORY: tl.constexpr,  # sample_offset is a device pointer
     STREAM_IN_MEMORY: tl.constexpr,  # stream is a device pointer
@@ -122,8 +121,8 @@ def _multistep_update_kernel(
 
 def _check_columns() -> None:
     # The kernel indexes M's columns by literal numbers; keep them in step with the table layout.
-    if (MS_X, MS_OUT, MS_NOISE, MS_STATE) != (0, 1, 2, 3) or MS_MAX_STATE != 5:
-        raise RuntimeError("kernels/multistep_update.py: ops/step_columns.py changed; update the kernel")
+    if (LIN_X, LIN_OUT, LIN_NOISE, LIN_STATE) != (0, 1, 2, 3) or LIN_MAX_STATE != 5:
+        raise RuntimeError("kernels/linear_update.py: kernels/step_columns.py changed; update the kernel")
 
 
 _check_columns()
@@ -148,7 +147,7 @@ def _empty_in_layout(like: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor
     return torch.empty(shape, dtype=like.dtype, device=like.device).permute(inverse)
 
 
-def multistep_update(
+def linear_update(
     model_output: torch.Tensor,
     sample: torch.Tensor,
     state: torch.Tensor,
@@ -156,29 +155,27 @@ def multistep_update(
     noise,
     block: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_next, next_state) as reference.multistep_update; ``noise`` a float32 tensor, ops.PhiloxNoise or None.
+    """(x_next, next_state) as reference.linear_update; ``noise`` a float32 tensor, ops.PhiloxNoise or None.
 
     Both outputs are new float32 tensors in the sample's memory format (each state slot in it).
     """
     if sample.dtype != torch.float32 or sample.dim() < 2:
-        raise ValueError(
-            f"kernels/multistep_update.py: sample must be float32 (B, C, ...), got {sample.dtype}"
-        )
+        raise ValueError(f"kernels/linear_update.py: sample must be float32 (B, C, ...), got {sample.dtype}")
     if model_output.dtype not in FLOAT_DTYPES or model_output.shape != sample.shape:
         raise ValueError(
-            f"kernels/multistep_update.py: model_output must be float32/float16/bfloat16 of the sample's shape, "
+            f"kernels/linear_update.py: model_output must be float32/float16/bfloat16 of the sample's shape, "
             f"got {model_output.dtype} {tuple(model_output.shape)}"
         )
     slots = state.shape[0] if state.dim() else -1
-    if state.dtype != torch.float32 or state.shape[1:] != sample.shape or not 0 <= slots <= MS_MAX_STATE:
+    if state.dtype != torch.float32 or state.shape[1:] != sample.shape or not 0 <= slots <= LIN_MAX_STATE:
         raise ValueError(
-            f"kernels/multistep_update.py: state must be float32 (K, *sample.shape) with K <= {MS_MAX_STATE}, "
+            f"kernels/linear_update.py: state must be float32 (K, *sample.shape) with K <= {LIN_MAX_STATE}, "
             f"got {state.dtype} {tuple(state.shape)}"
         )
     width = (slots + 1) * (slots + 3)
     if matrix.shape != (width,) or matrix.dtype != torch.float32 or matrix.device != sample.device:
         raise ValueError(
-            f"kernels/multistep_update.py: matrix must be {width} float32 coefficients on {sample.device}, got "
+            f"kernels/linear_update.py: matrix must be {width} float32 coefficients on {sample.device}, got "
             f"{matrix.dtype} {tuple(matrix.shape)} on {matrix.device}"
         )
 
@@ -188,7 +185,7 @@ def multistep_update(
     order = _state_layout(state.shape, memory_format)
     state = _in_layout(state, order)
     noise_mode, noise_tensor, philox = step_noise_arguments(
-        noise, sample, memory_format, "kernels/multistep_update.py"
+        noise, sample, memory_format, "kernels/linear_update.py"
     )
 
     x_next = torch.empty_like(sample, memory_format=memory_format)
@@ -200,7 +197,7 @@ def multistep_update(
     blocks_per_sample = triton.cdiv(per_sample, block)
     # Without slots the kernel never touches the state: pass the sample, not an empty tensor's pointer.
     state_arg, next_state_arg = (state, next_state) if slots else (sample, x_next)
-    _multistep_update_kernel[(batch * blocks_per_sample,)](
+    _linear_update_kernel[(batch * blocks_per_sample,)](
         model_output,
         sample,
         state_arg,

@@ -24,7 +24,7 @@ NUM_COLUMNS = 8
 FIXED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 VARIANCE_TYPES = FIXED_VARIANCE_TYPES + ("learned", "learned_range")
 
-# Multistep tables (every sampler but DDPM / DDIM, ops.multistep_update): one row per network evaluation.
+# Multistep tables (every sampler but DDPM / DDIM, ops.linear_update): one row per network evaluation.
 # A step is linear in its inputs
 #     v = (x, model_output, z, h_0, ..., h_{K-1})      (K + 3 vectors; z the step's N(0, I) noise)
 # and gives K + 1 outputs
@@ -32,20 +32,20 @@ VARIANCE_TYPES = FIXED_VARIANCE_TYPES + ("learned", "learned_range")
 # where h is the solver's state: earlier converted outputs (newest first), a kept sample (UniPC's
 # corrector, Heun's second stage, PNDM's warm-up) or a running sum (PNDM's Runge-Kutta steps). Each row
 # says what every state slot becomes, so shifting, keeping and accumulating are all the same op.
-MS_INPUT_DIVISOR = 0  # the network sees x / this (sqrt(sigma^2 + 1) for Euler and Heun, else 1)
-MS_MATRIX = 1  # then M, row-major
-MS_X, MS_OUT, MS_NOISE, MS_STATE = 0, 1, 2, 3  # input columns of M: x, model_output, z, then h_k
-MS_MAX_STATE = 5  # PNDM's Runge-Kutta warm-up: 3 outputs, the kept sample and the running sum
+LIN_INPUT_DIVISOR = 0  # the network sees x / this (sqrt(sigma^2 + 1) for Euler and Heun, else 1)
+LIN_MATRIX = 1  # then M, row-major
+LIN_X, LIN_OUT, LIN_NOISE, LIN_STATE = 0, 1, 2, 3  # input columns of M: x, model_output, z, then h_k
+LIN_MAX_STATE = 5  # PNDM's Runge-Kutta warm-up: 3 outputs, the kept sample and the running sum
 
 
-def ms_row_width(slots: int) -> int:
+def linear_row_width(slots: int) -> int:
     """Columns of a multistep table whose rows carry ``slots`` state vectors."""
-    return MS_MATRIX + (slots + 1) * (slots + 3)
+    return LIN_MATRIX + (slots + 1) * (slots + 3)
 
 
-def ms_state_slots(row_width: int) -> int:
+def linear_state_slots(row_width: int) -> int:
     """The K of a multistep table row ``row_width`` columns wide."""
-    for slots in range(MS_MAX_STATE + 1):
-        if ms_row_width(slots) == row_width:
+    for slots in range(LIN_MAX_STATE + 1):
+        if linear_row_width(slots) == row_width:
             return slots
     raise ValueError(f"a multistep table row has {row_width} columns, which fits no state size")

@@ -1,4 +1,4 @@
-"""kernels/multistep_update.py against reference.multistep_update, bit for bit: every state size K = 0..5,
+"""kernels/linear_update.py against reference.linear_update, bit for bit: every state size K = 0..5,
 noise from a tensor / in-kernel philox / none, every model-output dtype, both layouts; and the dispatch.
 
 Without CUDA the kernels run under the Triton interpreter: TRITON_INTERPRET=1 is set here, before any
@@ -20,17 +20,18 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
+from fastddpm.kernels.step_columns import LIN_MATRIX, LIN_MAX_STATE, linear_row_width  # noqa: E402
+
 from fastddpm import ops  # noqa: E402
 from fastddpm.ops import (
     backend_triton,  # noqa: E402
     noise,  # noqa: E402
     reference,  # noqa: E402
 )
-from fastddpm.ops.step_columns import MS_MATRIX, MS_MAX_STATE, ms_row_width  # noqa: E402
 from tests.kernels.noise_inputs import step_noise  # noqa: E402
 from tests.tolerances import assert_close  # noqa: E402
 
-multistep_kernels = backend_triton.kernel_module("multistep_update")
+multistep_kernels = backend_triton.kernel_module("linear_update")
 philox_kernels = backend_triton.kernel_module("philox")
 interpreter_only = pytest.mark.skipif(
     not backend_triton.interpreted(),
@@ -75,10 +76,8 @@ def _noise_py(given, sample):
 
 def _check(model_output, sample, state, matrix, given, block=None):
     kwargs = {} if block is None else dict(block=block)
-    x_next, next_state = multistep_kernels.multistep_update(
-        model_output, sample, state, matrix, given, **kwargs
-    )
-    expected = reference.multistep_update(model_output, sample, state, matrix, _kernel_drawn(given, sample))
+    x_next, next_state = multistep_kernels.linear_update(model_output, sample, state, matrix, given, **kwargs)
+    expected = reference.linear_update(model_output, sample, state, matrix, _kernel_drawn(given, sample))
     what = f"K={state.shape[0]} {model_output.dtype} noise={type(given).__name__}"
     assert x_next.dtype == next_state.dtype == torch.float32, what
     assert next_state.shape == state.shape, what
@@ -90,9 +89,7 @@ def _check(model_output, sample, state, matrix, given, block=None):
         # Interpreter: measured max |diff| 9.5e-7 (normals off by 2.4e-7, times coefficients up to ~3.5).
         # CUDA (not measured here): test_philox.py's 1e-5 bound on the normals times those coefficients.
         bound = 4e-5 if sample.is_cuda else 2e-6
-        with_noise_py = reference.multistep_update(
-            model_output, sample, state, matrix, _noise_py(given, sample)
-        )
+        with_noise_py = reference.linear_update(model_output, sample, state, matrix, _noise_py(given, sample))
         assert_close(x_next, with_noise_py[0], bound, bound, what=f"x_next of {what} vs noise.py")
         assert_close(next_state, with_noise_py[1], bound, bound, what=f"next state of {what} vs noise.py")
     return x_next, next_state
@@ -100,10 +97,10 @@ def _check(model_output, sample, state, matrix, given, block=None):
 
 def _cases():
     """Every (K, noise mode) pair; each noise mode meets every dtype, each K both layouts."""
-    for index in range(3 * (MS_MAX_STATE + 1)):
-        slots, noise_mode = index % (MS_MAX_STATE + 1), NOISE_MODES[index // (MS_MAX_STATE + 1)]
-        dtype = DTYPES[(slots + index // (MS_MAX_STATE + 1)) % 3]
-        channels_last = (slots + index // (MS_MAX_STATE + 1)) % 2 == 1
+    for index in range(3 * (LIN_MAX_STATE + 1)):
+        slots, noise_mode = index % (LIN_MAX_STATE + 1), NOISE_MODES[index // (LIN_MAX_STATE + 1)]
+        dtype = DTYPES[(slots + index // (LIN_MAX_STATE + 1)) % 3]
+        channels_last = (slots + index // (LIN_MAX_STATE + 1)) % 2 == 1
         shape = (CHANNELS_LAST_SHAPES if channels_last else CONTIGUOUS_SHAPES)[index % 2]
         layout = "channels_last" if channels_last else "nchw"
         yield pytest.param(
@@ -118,7 +115,7 @@ def _cases():
 
 @interpreter_only
 @pytest.mark.parametrize("slots, noise_mode, dtype, channels_last, shape", list(_cases()))
-def test_multistep_update_matches_reference_bit_for_bit(slots, noise_mode, dtype, channels_last, shape):
+def test_linear_update_matches_reference_bit_for_bit(slots, noise_mode, dtype, channels_last, shape):
     model_output, sample, state, matrix = _inputs(shape, slots, dtype, channels_last, seed=slots)
     x_next, next_state = _check(
         model_output, sample, state, matrix, step_noise(noise_mode, shape, "cpu"), block=16
@@ -130,14 +127,14 @@ def test_multistep_update_matches_reference_bit_for_bit(slots, noise_mode, dtype
 
 @interpreter_only
 def test_row_read_from_a_device_table_as_the_loop_reads_it():
-    # The loop's row: table.index_select(0, step_index)[MS_MATRIX:], a view at an offset into the table;
+    # The loop's row: table.index_select(0, step_index)[LIN_MATRIX:], a view at an offset into the table;
     # a column-major table also gives it a stride > 1. A non-dense state (a slice) is copied, not misread.
     slots, shape = 3, (2, 3, 2, 3)
     model_output, sample, state, _ = _inputs(shape, slots, torch.float32, channels_last=False)
-    table = torch.randn((ms_row_width(slots), 4), generator=torch.Generator().manual_seed(3)).t()
+    table = torch.randn((linear_row_width(slots), 4), generator=torch.Generator().manual_seed(3)).t()
     step_index = torch.tensor([2])
-    row = table.index_select(0, step_index).squeeze(0)[MS_MATRIX:]
-    strided = table[2, MS_MATRIX:]
+    row = table.index_select(0, step_index).squeeze(0)[LIN_MATRIX:]
+    strided = table[2, LIN_MATRIX:]
     assert strided.stride(0) > 1
     wide_state = torch.randn((slots, *shape[:-1], 2 * shape[-1]))[..., ::2]
     wide_state.copy_(state)
@@ -150,15 +147,15 @@ def test_ops_dispatch_uses_the_kernel_when_triton_is_named(monkeypatch):
     model_output, sample, state, matrix = _inputs((1, 3, 5, 7), 2, torch.float32, channels_last=False)
     given = ops.PhiloxNoise(4, 1, 2)
     calls = []
-    launcher = multistep_kernels.multistep_update
-    monkeypatch.setattr(multistep_kernels, "multistep_update", lambda *a: calls.append(1) or launcher(*a))
+    launcher = multistep_kernels.linear_update
+    monkeypatch.setattr(multistep_kernels, "linear_update", lambda *a: calls.append(1) or launcher(*a))
     monkeypatch.setenv("FASTDDPM_BACKEND", "auto")  # the interpreter is only for a named triton backend
-    assert ops.backend_for("multistep_update", model_output, sample, state, matrix, given) == "torch"
+    assert ops.backend_for("linear_update", model_output, sample, state, matrix, given) == "torch"
     monkeypatch.setenv("FASTDDPM_BACKEND", "triton")
-    assert ops.backend_for("multistep_update", model_output, sample, state, matrix, given) == "triton"
-    x_next, next_state = ops.multistep_update(model_output, sample, state, matrix, given)
+    assert ops.backend_for("linear_update", model_output, sample, state, matrix, given) == "triton"
+    x_next, next_state = ops.linear_update(model_output, sample, state, matrix, given)
     assert calls == [1]
-    expected = reference.multistep_update(model_output, sample, state, matrix, _kernel_drawn(given, sample))
+    expected = reference.linear_update(model_output, sample, state, matrix, _kernel_drawn(given, sample))
     assert torch.equal(x_next, expected[0]) and torch.equal(next_state, expected[1])
 
 
@@ -167,20 +164,20 @@ def test_named_triton_backend_says_why_it_cannot_serve(monkeypatch):
     model_output, sample, state, matrix = _inputs((1, 3, 2, 2), 2, torch.float32, channels_last=False)
     monkeypatch.setenv("FASTDDPM_BACKEND", "triton")
     with pytest.raises(ops.BackendUnavailable, match="matrix is not the 15 float32 coefficients of 2 slots"):
-        ops.multistep_update(model_output, sample, state, matrix[:-1], None)
-    too_many = torch.zeros((MS_MAX_STATE + 1, *sample.shape))
-    reasons = backend_triton.why_not_multistep_update(model_output, sample, too_many, matrix, None)
-    assert reasons == [f"state is not float32 (K, *sample.shape) with K <= {MS_MAX_STATE}"]
-    reasons = backend_triton.why_not_multistep_update(model_output, sample.double(), state, matrix, 1.0)
+        ops.linear_update(model_output, sample, state, matrix[:-1], None)
+    too_many = torch.zeros((LIN_MAX_STATE + 1, *sample.shape))
+    reasons = backend_triton.why_not_linear_update(model_output, sample, too_many, matrix, None)
+    assert reasons == [f"state is not float32 (K, *sample.shape) with K <= {LIN_MAX_STATE}"]
+    reasons = backend_triton.why_not_linear_update(model_output, sample.double(), state, matrix, 1.0)
     assert reasons == [
         "sample dtype torch.float64 is not float32 (the sampler state stays float32)",
         "noise of type float (need a tensor, PhiloxNoise or None)",
     ]
 
 
-def test_multistep_update_launcher_rejects_bad_input_naming_the_argument():
+def test_linear_update_launcher_rejects_bad_input_naming_the_argument():
     model_output, sample, state, matrix = _inputs((2, 3, 2, 2), 1, torch.float32, channels_last=False)
-    launch = multistep_kernels.multistep_update
+    launch = multistep_kernels.linear_update
     with pytest.raises(ValueError, match="model_output"):
         launch(model_output[:1], sample, state, matrix, None)
     with pytest.raises(ValueError, match="state"):
@@ -197,7 +194,7 @@ def test_multistep_update_launcher_rejects_bad_input_naming_the_argument():
 # The CPU cases at a real size: compiled without FMA contraction, float32 stays exact on the GPU too.
 @pytest.mark.gpu
 @pytest.mark.parametrize("slots, noise_mode, dtype, channels_last, shape", list(_cases()))
-def test_cuda_multistep_update_matches_reference(slots, noise_mode, dtype, channels_last, shape):
+def test_cuda_linear_update_matches_reference(slots, noise_mode, dtype, channels_last, shape):
     shape = (255, 3, 32, 32)
     model_output, sample, state, matrix = _inputs(shape, slots, dtype, channels_last, device="cuda")
     _check(model_output, sample, state, matrix, step_noise(noise_mode, shape, "cuda"))
