@@ -1,86 +1,86 @@
-"""The per-step function of the sampling loop, over static buffers, with no host work the device waits for.
+"""The one sampling loop: any plan's steps over static buffers, with no host work the device waits for.
 
-One ``SamplingLoop`` serves one (batch, sample shape, network dtype, sampler settings) key. Its ``step``
-reads the step's timestep and coefficients with a device-resident step index, runs the U-Net and the fused
-sampler step, writes x_prev back into the same buffer and advances the index on the device, so a single
-captured CUDA graph of ``step`` replays for every step, and for every batch (x_T and the Philox sample
-offset are copied into their buffers before a run). Eager mode runs the same function.
+One ``SamplingLoop`` serves one (plan, batch shape, network) key. Its ``step`` reads the step's timestep
+and table row with a device-resident step index, runs the conditioned network on the update's input,
+applies the plan's fused update (DDPM / DDIM's sampler_step, or the linear update with its state slots)
+and writes x (and the state) back into the same buffers, then advances the index on the device. So one
+captured CUDA graph of ``step`` replays for every step and every batch (x_T, the labels and the Philox
+sample offset are copied into their buffers before a run); eager mode runs the same function.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from fastddpm import ops
+from fastddpm.engine.plan import SamplingPlan
+from fastddpm.ops import PhiloxNoise
+
+
+def state_buffer(slots: int, shape: tuple[int, ...], device, memory_format) -> torch.Tensor:
+    """(slots, *shape) float32 zeros whose every slot has the sample's memory format (NHWC slots for
+    channels_last, so the update reads and writes all its vectors in one layout)."""
+    if memory_format == torch.channels_last:
+        n, c, h, w = shape
+        strides = (n * h * w * c, h * w * c, 1, w * c, c)  # a base tensor, not a view (autograd-safe)
+        return torch.empty_strided((slots, *shape), strides, dtype=torch.float32, device=device).zero_()
+    return torch.zeros((slots, *shape), dtype=torch.float32, device=device)
 
 
 class SamplingLoop:
     def __init__(
         self,
-        unet: torch.nn.Module,
-        table: torch.Tensor,
-        timesteps: torch.Tensor,
+        network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        plan: SamplingPlan,
         shape: tuple[int, ...],
-        net_dtype: torch.dtype,
-        step_options: dict[str, Any],
-        noise_mode: str,
-        seed: int,
+        device: torch.device,
         memory_format: torch.memory_format = torch.contiguous_format,
-        class_conditional: bool = False,
+        philox_seed: int | None = None,
     ) -> None:
-        device = table.device
-        self.unet = unet
-        self.table = table  # (steps, NUM_COLUMNS) float32
-        self.timesteps = timesteps  # (steps,) int64
-        self.shape = shape
-        self.net_dtype = net_dtype
-        self.step_options = step_options
-        self.noise_mode = noise_mode
-        self.seed = seed
-        self.memory_format = memory_format
-        channels = shape[1]
-        self.mean_channels = channels if step_options["variance_type"] == "fixed" else None
-        # static buffers: the graph reads and writes exactly these
+        self.network, self.update, self.shape = network, plan.update, shape
+        self.table = plan.table.to(device)
+        self.timesteps = plan.timesteps.to(device)
+        self.philox_seed = philox_seed  # None: noise="torch", copied into self.noise on the host's schedule
+        # static buffers: a captured graph reads and writes exactly these
         self.x = torch.zeros(shape, dtype=torch.float32, device=device).contiguous(
             memory_format=memory_format
         )
+        slots = self.update.state_slots
+        self.state = None if slots is None else state_buffer(slots, shape, device, memory_format)
         self.step_index = torch.zeros(1, dtype=torch.int64, device=device)
         self.sample_offset = torch.zeros((), dtype=torch.int64, device=device)
-        self.noise = torch.zeros_like(self.x) if noise_mode == "torch" else None
-        # a class-conditional net's labels, copied in per batch like x_T
-        self.class_labels = (
-            torch.zeros(shape[0], dtype=torch.int64, device=device) if class_conditional else None
-        )
+        takes_host_noise = self.update.takes_noise and philox_seed is None
+        self.noise = torch.zeros_like(self.x) if takes_host_noise else None
 
     def buffers(self) -> list[torch.Tensor]:
         """The static tensors a captured graph reads and writes."""
-        extra = [t for t in (self.class_labels, self.noise) if t is not None]
-        return [self.x, self.step_index, self.sample_offset, *extra]
+        found = [self.x, self.state, self.step_index, self.sample_offset, self.noise]
+        return [t for t in found if t is not None]
 
     def step(self) -> None:
-        """x <- sampler_step(unet(x, t[i]), x, table[i], noise); i += 1. Sync-free and allocation-stable."""
+        """x, state <- update(network(input(x), t[i]), x, row i, noise, state); i += 1. Sync-free."""
         index = self.step_index
         t = self.timesteps.index_select(0, index).expand(self.shape[0])
-        coeffs = self.table.index_select(0, index).squeeze(0)
-        labels = {} if self.class_labels is None else {"class_labels": self.class_labels}
-        model_output = self.unet(self.x.to(self.net_dtype), t, **labels)
-        if self.mean_channels is not None and model_output.shape[1] != self.mean_channels:
-            model_output = model_output[:, : self.mean_channels]
-        if self.noise_mode == "philox":
-            step_noise = ops.PhiloxNoise(self.seed, self.sample_offset, index.squeeze(0) + 1)
-        else:
-            step_noise = self.noise
-        prev, _ = ops.sampler_step(model_output.float(), self.x, coeffs, step_noise, **self.step_options)
-        self.x.copy_(prev)
+        row = self.table.index_select(0, index).squeeze(0)
+        model_output = self.network(self.update.network_input(self.x, row), t)
+        noise = None
+        if self.update.takes_noise:
+            noise = self.noise if self.philox_seed is None else self._philox(index)
+        x_next, state = self.update.apply(model_output, self.x, row, noise, self.state)
+        if state is not None:
+            self.state.copy_(state)
+        self.x.copy_(x_next)
         self.step_index.add_(1)
 
-    def start(self, x_T: torch.Tensor, sample_offset: int, class_labels: torch.Tensor | None = None) -> None:
+    def _philox(self, index: torch.Tensor) -> PhiloxNoise:
+        return PhiloxNoise(self.philox_seed, self.sample_offset, index.squeeze(0) + 1)  # stream i + 1
+
+    def start(self, x_T: torch.Tensor, sample_offset: int) -> None:
+        """Reset the static buffers for a new batch from x_T."""
         self.x.copy_(x_T)
-        if self.class_labels is not None:
-            self.class_labels.copy_(class_labels)
+        if self.state is not None:
+            self.state.zero_()
         self.step_index.zero_()
         self.sample_offset.fill_(sample_offset)
 
@@ -88,18 +88,18 @@ class SamplingLoop:
         self,
         x_T: torch.Tensor,
         sample_offset: int,
-        noise_on: list[bool],
+        noise_draws: tuple[bool, ...],
         draw_noise: Callable[[], torch.Tensor] | None,
         step: Callable[[], None] | None = None,
         progress=None,
-        class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """All steps from x_T; ``draw_noise`` fills the torch-mode noise for steps that add noise (on the
-        host's schedule, so a shared torch.Generator is drawn exactly when diffusers draws it)."""
-        self.start(x_T, sample_offset, class_labels)
+        """Every step from x_T (already scaled by the plan's init_noise_sigma); ``draw_noise`` (torch mode)
+        fills the noise buffer before each step that draws, so a shared torch.Generator is drawn exactly
+        when diffusers draws it. ``step``: a captured graph's replay, or None for ``self.step``."""
+        self.start(x_T, sample_offset)
         step = step or self.step
-        for adds_noise in noise_on:
-            if adds_noise and draw_noise is not None:
+        for draws in noise_draws:
+            if draws and self.noise is not None and draw_noise is not None:
                 self.noise.copy_(draw_noise())
             step()
             if progress is not None:

@@ -1,27 +1,26 @@
 """diffusers-compatible schedulers: one module per sampler family, each with the builder of its step-table
-rows (the per-step coefficients the fused updates read, kernels/step_columns.py) where the engine runs it."""
+rows and its ``sampling_plan`` (what the engine runs). The scheduler classes are exported lazily from
+fastddpm/sampler_registry.py, where each sampler name says which module defines its class."""
 
-from fastddpm.schedulers.base import SchedulerOutput
-from fastddpm.schedulers.config_mixin import FrozenConfig
-from fastddpm.schedulers.ddim import DDIMScheduler
-from fastddpm.schedulers.ddpm import DDPMScheduler
-from fastddpm.schedulers.deis import DEISMultistepScheduler
-from fastddpm.schedulers.dpm_solver import DPMSolverMultistepScheduler
-from fastddpm.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
-from fastddpm.schedulers.heun import HeunDiscreteScheduler
-from fastddpm.schedulers.pndm import PNDMScheduler
-from fastddpm.schedulers.unipc import UniPCMultistepScheduler
+from __future__ import annotations
 
-__all__ = [
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "DEISMultistepScheduler",
-    "DPMSolverMultistepScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "FrozenConfig",
-    "HeunDiscreteScheduler",
-    "PNDMScheduler",
-    "SchedulerOutput",
-    "UniPCMultistepScheduler",
-]
+import importlib
+
+from fastddpm.sampler_registry import SCHEDULER_MODULES
+from fastddpm.schedulers.base import SchedulerOutput  # noqa: F401
+from fastddpm.schedulers.config_mixin import FrozenConfig  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name in SCHEDULER_MODULES:
+        value = getattr(importlib.import_module(f"{__name__}.{SCHEDULER_MODULES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *SCHEDULER_MODULES])
+
+
+__all__ = sorted([*SCHEDULER_MODULES, "FrozenConfig", "SchedulerOutput"])

@@ -17,7 +17,10 @@ import numpy as np
 import torch
 
 from fastddpm import ops
+from fastddpm.engine.plan import DEFAULT_STEPS, SamplerStepUpdate, SamplingPlan, refuse_respacing
+from fastddpm.kernels.step_columns import NOISE_ON
 from fastddpm.ops import reference
+from fastddpm.sampler_registry import SCHEDULER_MODULES
 from fastddpm.schedulers import schedules
 from fastddpm.schedulers.config_mixin import BaseOutput, ConfigMixin
 
@@ -26,17 +29,7 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 # Compatible classes (diffusers' KarrasDiffusionSchedulers that fastddpm has): every one builds from every
 # other's config, so `pipe.scheduler = X.from_config(pipe.scheduler.config)` works in both directions.
-ALL_SCHEDULERS = (
-    "DDPMScheduler",
-    "DDIMScheduler",
-    "PNDMScheduler",
-    "DPMSolverMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "DEISMultistepScheduler",
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "HeunDiscreteScheduler",
-)
+ALL_SCHEDULERS = tuple(SCHEDULER_MODULES)
 
 
 @dataclass
@@ -201,6 +194,45 @@ class Scheduler(ConfigMixin):
         """(steps, NUM_COLUMNS) float32 coefficients for the current timesteps, in loop order."""
         rows = [self._row(int(t), **options) for t in self.timesteps.tolist()]
         return torch.stack(rows).to(device)
+
+    def network_timestep_scale(self) -> float | None:
+        """How a checkpoint with this process feeds its network the timestep: as the scheduler gives it."""
+        return None
+
+    def default_inference_steps(self) -> int:
+        """num_inference_steps when none is given: 50, as diffusers' DDIMPipeline (DDPM: every step)."""
+        return min(DEFAULT_STEPS, self.config.num_train_timesteps)
+
+    def sampling_plan(
+        self,
+        num_inference_steps: int | None = None,
+        *,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        timestep_respacing: str | int | None = None,
+        device: torch.device | str | None = None,
+    ) -> SamplingPlan:
+        """These settings as a plan for the engine: the timesteps, the step table (one sampler_step row per
+        step) and the fused step's options; eta and use_clipped_model_output are DDIM's."""
+        refuse_respacing(timestep_respacing)
+        steps = self.default_inference_steps() if num_inference_steps is None else num_inference_steps
+        self.set_timesteps(steps)
+        table = self.step_table(**self._table_options(float(eta)))
+        options = {
+            "kind": self.kind,
+            "prediction_type": self.config.prediction_type,
+            **self._clip_options(),
+            **self._variance_options(bool(use_clipped_model_output)),
+        }
+        update = SamplerStepUpdate(tuple(sorted(options.items())))
+        draws = tuple((table[:, NOISE_ON] > 0).tolist())
+        return SamplingPlan(self.kind, self.timesteps.clone(), table, update, draws)
+
+    def _table_options(self, eta: float) -> dict[str, Any]:
+        return {}
+
+    def _variance_options(self, use_clipped_model_output: bool) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _cached_row(self, key: tuple, build) -> torch.Tensor:
         if key not in self._rows:

@@ -103,6 +103,12 @@ class DDIMScheduler(Scheduler):
             lambda: ddim_row(self.alphas_cumprod, self.final_alpha_cumprod, timestep, prev, eta),
         )
 
+    def _table_options(self, eta: float) -> dict[str, Any]:
+        return {"eta": eta}
+
+    def _variance_options(self, use_clipped_model_output: bool) -> dict[str, Any]:
+        return {"variance_type": "fixed", "use_clipped_model_output": use_clipped_model_output}
+
     def step(
         self,
         model_output: torch.Tensor,

@@ -135,6 +135,12 @@ class DDPMScheduler(Scheduler):
             return frac * torch.log(current_beta_t) + (1 - frac) * torch.log(variance)
         raise ValueError(f"variance_type {variance_type!r} is not one of {', '.join(VARIANCE_TYPES)}")
 
+    def default_inference_steps(self) -> int:
+        return self.config.num_train_timesteps  # every training timestep, as diffusers' DDPMPipeline
+
+    def _variance_options(self, use_clipped_model_output: bool) -> dict[str, Any]:
+        return {"variance_type": self.variance_mode()}
+
     def variance_mode(self) -> str:
         """How sampler_step gets the noise std: "fixed" (table), "learned" or "learned_range" (model)."""
         return self.variance_type if self.variance_type in ("learned", "learned_range") else "fixed"

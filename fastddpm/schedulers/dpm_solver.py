@@ -221,11 +221,6 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
     state_slots = 2  # the converted outputs of the two previous steps (order 3 reads both)
 
     @property
-    def mean_channels_only(self) -> bool:
-        """A learned-variance model's output holds the variance too; the update reads its first half."""
-        return self.config.variance_type in ("learned", "learned_range")
-
-    @property
     def noise_every_step(self) -> bool:
         return self._is_sde
 

@@ -17,7 +17,7 @@ Their process, as their create_gaussian_diffusion builds it from the diffusion f
 
 The coefficients are their float64 numpy tables, each cast to float32 once: one row of the step table
 (kernels/step_columns.py) per kept step, in sampling order, read by ops.sampler_step in the sync-free loop.
-Their samplers draw one standard normal per step, the last included; ``draws_every_step`` tells the loop so.
+Their samplers draw one standard normal per step, the last included; the plan's noise_draws say so.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastddpm.engine.plan import SamplerStepUpdate, SamplingPlan
 from fastddpm.kernels.step_columns import (
     COEF_X0,
     COEF_XT,
@@ -113,10 +114,10 @@ def space_timesteps(num_timesteps: int, respacing: str | int) -> list[int]:
 
 
 class GaussianDiffusion:
-    """ADM's schedule from the diffusion flags (a scheduler config with their names)."""
+    """ADM's process from the diffusion flags (a scheduler config with their names), sampled as their
+    p_sample_loop (``kind`` "ddpm") or ddim_sample_loop ("ddim"): ``for_sampler`` picks the loop."""
 
-    kind = "adm"
-    draws_every_step = True
+    kind = "ddpm"
 
     def __init__(self, **config: Any) -> None:
         unknown = sorted(k for k in config if k not in DEFAULTS and not k.startswith("_"))
@@ -133,6 +134,14 @@ class GaussianDiffusion:
     def from_config(cls, config: Mapping[str, Any]) -> GaussianDiffusion:
         return cls(**dict(config))
 
+    def for_sampler(self, kind: str) -> GaussianDiffusion:
+        """This process sampled by their ddpm or ddim loop."""
+        if kind not in SAMPLERS:
+            raise ValueError(f"sampler {kind!r} is not one of {', '.join(SAMPLERS)} for an ADM model")
+        sampler = GaussianDiffusion.from_config(self.config)
+        sampler.kind = kind
+        return sampler
+
     def __len__(self) -> int:
         return self.num_train_timesteps
 
@@ -146,7 +155,7 @@ class GaussianDiffusion:
     def prediction_type(self) -> str:
         return "sample" if self.config["predict_xstart"] else "epsilon"
 
-    def scheduler_config(self) -> dict[str, Any]:
+    def sampler_config(self) -> dict[str, Any]:
         """A diffusers-style scheduler config of the same process, for the fast samplers: their float64
         betas over all diffusion_steps (trained_betas), predicting what the model's first channels hold.
         Each sampler keeps its own defaults for the rest (spacing, solver settings)."""
@@ -156,9 +165,9 @@ class GaussianDiffusion:
             "prediction_type": self.prediction_type(),
         }
 
-    def model_timestep_scale(self) -> float:
+    def network_timestep_scale(self) -> float:
         """What the model's timestep input is per process timestep: 1000 / diffusion_steps with
-        rescale_timesteps (their _scale_timesteps), else 1."""
+        rescale_timesteps (their _scale_timesteps), else 1; always as float32."""
         return 1000.0 / self.num_train_timesteps if self.config["rescale_timesteps"] else 1.0
 
     def respaced(self, respacing: str | int | None) -> tuple[list[int], np.ndarray]:
@@ -176,7 +185,8 @@ class GaussianDiffusion:
     def schedule(
         self, sampler: str, respacing: str | int | None = None, eta: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(model timesteps (steps,) float32, step table (steps, NUM_COLUMNS) float32), in sampling order."""
+        """(kept timesteps (steps,) float32, step table (steps, NUM_COLUMNS) float32), in sampling order.
+        The network sees the timesteps times network_timestep_scale()."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)} for an ADM model")
         kept, betas = self.respaced(respacing)
@@ -213,10 +223,31 @@ class GaussianDiffusion:
             table[:, SIGMA] = sigma
             table[:, NOISE_ON] = nonzero & (sigma > 0)
         model_t = torch.tensor(kept, dtype=torch.float32)
-        if self.config["rescale_timesteps"]:
-            model_t = model_t * (1000.0 / self.num_train_timesteps)
         # sampling order: from the last kept step down to the first
         return model_t.flip(0), torch.from_numpy(table).float().flip(0)
+
+    def default_inference_steps(self) -> None:
+        """None: the flags' timestep_respacing (every step without one)."""
+        return None
+
+    def sampling_plan(
+        self,
+        num_inference_steps: int | None = None,
+        *,
+        eta: float = 0.0,
+        timestep_respacing: str | int | None = None,
+        **ignored: Any,
+    ) -> SamplingPlan:
+        """Their loop over the process respaced by ``timestep_respacing`` (their syntax; default
+        str(num_inference_steps), else the flags'). Their samplers draw one normal per step, the last
+        included (multiplied by 0 there), so noise="torch" draws before every step."""
+        respacing = timestep_respacing
+        if respacing is None and num_inference_steps is not None:
+            respacing = str(num_inference_steps)
+        timesteps, table = self.schedule(self.kind, respacing, float(eta))
+        options = self.step_options(self.kind)
+        update = SamplerStepUpdate(tuple(sorted(options.items())))
+        return SamplingPlan(self.kind, timesteps, table, update, (True,) * len(timesteps))
 
     def step_options(self, sampler: str) -> dict[str, Any]:
         """ops.sampler_step's keyword arguments for this process."""

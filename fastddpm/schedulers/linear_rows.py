@@ -5,17 +5,19 @@ outputs, a kept sample, a running sum) are fixed linear combinations of the curr
 output, the step's noise and the previous state, with coefficients that depend on the step only. A
 sampler's ``linear_steps`` writes each evaluation's update with ``Lin`` values, in the same expressions
 as its ``step`` (in float64); ``linear_table`` lays them out as step_columns.py's LIN_* rows, which the
-table-driven loop (engine/multistep_loop.py) feeds to ops.linear_update. Nothing here runs per step
-at sampling time: the table is built once per schedule.
+sampling loop (engine/sampling_loop.py) feeds to ops.linear_update. Nothing here runs per step
+at sampling time: the table is built once per schedule, into the plan ``sampling_plan`` returns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from fastddpm.engine.plan import DEFAULT_STEPS, EagerPlan, LinearUpdate, SamplingPlan, refuse_respacing
 from fastddpm.kernels.step_columns import (
     LIN_INPUT_DIVISOR,
     LIN_MATRIX,
@@ -110,10 +112,39 @@ class TableDriven:
 
     state_slots = 2
     noise_every_step = False  # diffusers draws noise in every step (SDE / ancestral samplers)
-    mean_channels_only = False  # the update reads only the sample's channels of the model output
 
     def linear_steps(self) -> list[LinearStep]:
         raise NotImplementedError
+
+    def network_timestep_scale(self) -> float | None:
+        """How a checkpoint with this process feeds its network the timestep: as the scheduler gives it."""
+        return None
+
+    def default_inference_steps(self) -> int:
+        """num_inference_steps when none is given: 50, as diffusers' DDIMPipeline."""
+        return min(DEFAULT_STEPS, self.config.num_train_timesteps)
+
+    def sampling_plan(
+        self,
+        num_inference_steps: int | None = None,
+        *,
+        timestep_respacing: str | int | None = None,
+        device: torch.device | str | None = None,
+        **ignored: Any,
+    ) -> SamplingPlan | EagerPlan:
+        """These settings as a plan: the linear table and its update, or (``graph_refusal``) an EagerPlan that
+        runs this scheduler's own step. DDIM's eta and use_clipped_model_output do not apply here."""
+        refuse_respacing(timestep_respacing)
+        steps = self.default_inference_steps() if num_inference_steps is None else num_inference_steps
+        self.set_timesteps(steps, device=device)
+        name = type(self).__name__
+        refusal = self.graph_refusal()
+        if refusal is not None:
+            return EagerPlan(name, self, refusal)
+        table = self.linear_table()
+        update = LinearUpdate.for_table(table, self.noise_every_step)
+        draws = (bool(self.noise_every_step),) * len(table)
+        return SamplingPlan(name, self.timesteps.cpu().clone(), table, update, draws, self.init_noise_sigma)
 
     def graph_refusal(self) -> str | None:
         """Why the table-driven loop cannot run this config (None: it can)."""

@@ -1,38 +1,29 @@
-"""Sampler names (the pipeline's ``sampler=`` and the CLI's ``--sampler``) and the diffusers scheduler
-config each one stands for: ``make(name, config)`` is ``Class.from_config(config, **overrides)``."""
+"""Sampler names to scheduler objects: ``make(name, config)`` is the registry's class built from a
+checkpoint's scheduler config with the name's overrides (fastddpm/sampler_registry.py lists the names).
+
+An ADM checkpoint's config describes OpenAI's process (``_class_name`` GaussianDiffusion): ddpm and ddim are
+then their own loops over it (respacing, learned variances), and every other name is built from a
+diffusers-style config of the same betas.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
-import fastddpm.schedulers as schedulers
+from fastddpm.sampler_registry import NAMES, SAMPLERS
+from fastddpm.schedulers.gaussian_diffusion import GaussianDiffusion
 
-# name: (scheduler class, config overrides on top of the checkpoint's scheduler config)
-SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpm++3m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
-    "dpm++2m-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "deis": ("DEISMultistepScheduler", {}),
-}
-NAMES = tuple(SAMPLERS)
+__all__ = ["NAMES", "SAMPLERS", "has_karras", "karras_names", "make", "make_process", "scheduler_class"]
 
 
 def scheduler_class(name: str) -> type:
     if name not in SAMPLERS:
         raise ValueError(f"sampler {name!r} is not one of {', '.join(NAMES)}")
-    class_name = SAMPLERS[name][0]
-    if not hasattr(schedulers, class_name):
-        raise ValueError(f"sampler {name!r} ({class_name}) is not available in this fastddpm build")
-    return getattr(schedulers, class_name)
+    entry = SAMPLERS[name]
+    return getattr(importlib.import_module(f"fastddpm.schedulers.{entry.module}"), entry.class_name)
 
 
 def has_karras(name: str) -> bool:
@@ -40,18 +31,30 @@ def has_karras(name: str) -> bool:
     return "use_karras_sigmas" in inspect.signature(scheduler_class(name).__init__).parameters
 
 
+def karras_names() -> str:
+    return ", ".join(n for n in NAMES if has_karras(n))
+
+
+def make_process(config: Mapping[str, Any]):
+    """The process a checkpoint's scheduler config describes: ADM's GaussianDiffusion, or a DDPMScheduler."""
+    if config.get("_class_name") == "GaussianDiffusion":
+        return GaussianDiffusion.from_config(config)
+    return scheduler_class("ddpm").from_config(dict(config))
+
+
 def make(name: str, config: Mapping[str, Any], karras: bool = False):
-    """The scheduler ``name`` stands for, built from a (checkpoint's) scheduler config."""
+    """The scheduler ``name`` stands for, built from a checkpoint's scheduler config."""
     cls = scheduler_class(name)
-    overrides = dict(SAMPLERS[name][1])
+    if karras and not has_karras(name):
+        raise ValueError(
+            f"sampler {name!r} has no Karras sigmas (karras=True needs one of: {karras_names()})"
+        )
+    if config.get("_class_name") == "GaussianDiffusion":
+        process = GaussianDiffusion.from_config(config)
+        if name in ("ddpm", "ddim"):
+            return process.for_sampler(name)
+        config = process.sampler_config()
+    overrides = dict(SAMPLERS[name].overrides)
     if karras:
-        if not has_karras(name):
-            raise ValueError(
-                f"sampler {name!r} has no Karras sigmas (karras=True needs one of: {karras_names()})"
-            )
         overrides["use_karras_sigmas"] = True
     return cls.from_config(dict(config), **overrides)
-
-
-def karras_names() -> str:
-    return ", ".join(n for n in NAMES if hasattr(schedulers, SAMPLERS[n][0]) and has_karras(n))

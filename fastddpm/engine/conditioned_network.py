@@ -1,0 +1,52 @@
+"""The network as every sampling loop calls it: ``net(x, t)`` -> the model output the update reads.
+
+What a checkpoint's network needs besides (x, t), and what the update needs from its output, is wrapped
+here, once, and never in a loop:
+
+- the timestep: ADM nets take float32 timesteps, times 1000 / diffusion_steps when trained with
+  rescale_timesteps (their _scale_timesteps); diffusers nets take the scheduler's timestep as it is;
+- class labels of a class-conditional net, held in one tensor that a new batch is copied into (so a
+  captured CUDA graph, which reads that address, sees the new labels);
+- the dtype: the sample stays float32, the network runs in its own dtype, its output comes back float32;
+- the output channels: a net with learned variances returns 2 x C channels; an update that does not read
+  the variance gets the first C (the mean prediction).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ConditionedNetwork(torch.nn.Module):
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        net_dtype: torch.dtype,
+        sample_channels: int,
+        timestep_scale: float | None = None,
+        reads_variance: bool = False,
+    ) -> None:
+        super().__init__()
+        self.unet, self.net_dtype = unet, net_dtype
+        self.timestep_scale = None if timestep_scale is None else float(timestep_scale)
+        self.mean_channels = None if reads_variance else int(sample_channels)
+        self.class_labels: torch.Tensor | None = None
+
+    def set_class_labels(self, labels: torch.Tensor | None) -> None:
+        """The batch's labels (B,) int64, or None; copied into the same tensor while the batch size holds."""
+        if labels is None or self.class_labels is None or self.class_labels.shape != labels.shape:
+            self.class_labels = None if labels is None else labels.clone()
+        else:
+            self.class_labels.copy_(labels)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        if self.timestep_scale is not None:
+            # float32 as their _scale_timesteps (t.float() * (1000.0 / num_timesteps)); 1 keeps the float cast
+            timestep = torch.as_tensor(timestep, device=sample.device).float()
+            if self.timestep_scale != 1.0:
+                timestep = timestep * self.timestep_scale
+        labels = {} if self.class_labels is None else {"class_labels": self.class_labels}
+        output = self.unet(sample.to(self.net_dtype), timestep, **labels)
+        if self.mean_channels is not None and output.shape[1] != self.mean_channels:
+            output = output[:, : self.mean_channels]
+        return output.float()
