@@ -38,17 +38,12 @@ def _kernels_from_checkout() -> None:
 
 _kernels_from_checkout()
 
-# Exported lazily (PEP 562): `fastddpm --help` and argument errors answer without importing torch.
+from fastddpm.sampler_registry import SCHEDULER_MODULES  # noqa: E402  (imports nothing)
+
+# Exported lazily (PEP 562): `fastddpm --help` and argument errors answer without importing torch. The
+# scheduler classes are the sampler registry's (sampler_registry.py).
 _EXPORTS = {
-    "DDIMScheduler": "schedulers",
-    "DDPMScheduler": "schedulers",
-    "PNDMScheduler": "schedulers",
-    "UniPCMultistepScheduler": "schedulers",
-    "DEISMultistepScheduler": "schedulers",
-    "DPMSolverMultistepScheduler": "schedulers",
-    "EulerAncestralDiscreteScheduler": "schedulers",
-    "EulerDiscreteScheduler": "schedulers",
-    "HeunDiscreteScheduler": "schedulers",
+    **dict.fromkeys(SCHEDULER_MODULES, "schedulers"),
     "SchedulerOutput": "schedulers",
     "Pipeline": "pipeline",
     "PipelineOutput": "pipeline",
@@ -68,19 +63,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = [
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "UniPCMultistepScheduler",
-    "DEISMultistepScheduler",
-    "DPMSolverMultistepScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "Pipeline",
-    "PipelineOutput",
-    "SchedulerOutput",
-    "__version__",
-    "load",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])

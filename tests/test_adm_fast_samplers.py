@@ -38,7 +38,7 @@ def diffusers_loop(model, flags, name, karras, steps, batch, size, labels, gener
 
     from tests import adm_reference
 
-    class_name, overrides = samplers.SAMPLERS[name]
+    _, class_name, overrides = samplers.SAMPLERS[name]
     betas = adm_reference.named_beta_schedule(flags["noise_schedule"], flags["diffusion_steps"])
     config = {
         "num_train_timesteps": flags["diffusion_steps"],
@@ -130,7 +130,9 @@ def test_fast_sampler_names_are_no_longer_refused_and_unknown_ones_error(pipes):
     with pytest.raises(ValueError, match=r"^sampler 'dpm\+\+9m' is not one of ddpm, ddim, pndm") as error:
         pipe(sampler="dpm++9m", **run)
     assert "\n" not in str(error.value) and "do not run" not in str(error.value)
-    with pytest.raises(ValueError, match="latents and timestep_respacing apply to the ddpm and ddim"):
+    with pytest.raises(
+        ValueError, match="timestep_respacing applies to ADM checkpoints' ddpm and ddim samplers only"
+    ):
         pipe(sampler="unipc", timestep_respacing="3", **run)
     with pytest.raises(ValueError, match="'ddim' has no Karras sigmas"):
         pipe(sampler="ddim", karras=True, **run)

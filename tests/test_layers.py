@@ -17,6 +17,7 @@ KERNELS = ROOT / "kernels"  # setup.py installs it as fastddpm.kernels
 LAYER = {
     "kernels": 0,
     "_C": 0,
+    "sampler_registry": 0,  # the sampler names: data, importing nothing
     "ops": 1,
     "engine": 2,
     "models": 2,

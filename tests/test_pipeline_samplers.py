@@ -13,7 +13,7 @@ from tests.tolerances import assert_close
 diffusers = pytest.importorskip("diffusers")
 
 # measured max |ours - diffusers| over the cases below (images in [0, 1]), every sampler through the
-# table-driven MultistepLoop: 1.6e-6 (dpm++2m-sde; the others 4.2e-7 .. 1.2e-6: float32 U-Net and the
+# linear-table plans in the sampling loop: 1.6e-6 (dpm++2m-sde; the others 4.2e-7 .. 1.2e-6: float32 U-Net and the
 # table's folded coefficients). The issue's bound for pipelines is 1e-3.
 PIPELINE_TOL = 1e-5
 TRAIN_STEPS = 200
@@ -69,7 +69,7 @@ def test_sampler_matches_diffusers_loop(small_unet, name, steps, overrides, karr
     config = model_factory.ddpm_scheduler_config(num_train_timesteps=TRAIN_STEPS, **overrides)
     theirs_pipe = diffusers.DDPMPipeline(small_unet, diffusers.DDPMScheduler.from_config(config))
     ours = fastddpm.Pipeline.from_diffusers(theirs_pipe)
-    cls_name, sampler_overrides = samplers.SAMPLERS[name]
+    _, cls_name, sampler_overrides = samplers.SAMPLERS[name]
     karras_override = {"use_karras_sigmas": True} if karras else {}
     their_scheduler = getattr(diffusers, cls_name).from_config(config, **sampler_overrides, **karras_override)
     expected = diffusers_loop(small_unet, their_scheduler, steps, batch=3, seed=11)
@@ -121,12 +121,12 @@ def test_karras_is_refused_where_the_sampler_has_none(small_unet):
 @pytest.mark.parametrize("name", [n for n in samplers.NAMES if n not in ("ddpm", "ddim")])
 def test_every_fast_sampler_runs_table_driven(small_unet, name, monkeypatch):
     """No sampler falls back to diffusers' eager loop: it would raise here."""
-    from fastddpm import pipeline as pipeline_module
+    from fastddpm.engine import runner
 
     def eager(*args, **kwargs):
         raise AssertionError(f"{name} ran the eager scheduler loop")
 
-    monkeypatch.setattr(pipeline_module, "run_scheduler_loop", eager)
+    monkeypatch.setattr(runner, "run_eager_loop", eager)
     ours = fastddpm.Pipeline.from_diffusers(
         diffusers.DDPMPipeline(small_unet, diffusers.DDPMScheduler(num_train_timesteps=TRAIN_STEPS))
     )
@@ -159,10 +159,10 @@ def test_fast_samplers_take_channels_last_and_compile(small_unet):
         progress=False,
     )  # fmt: skip
     nchw = pipe(channels_last=False, **common).images
-    ((loop, _, _),) = pipe._loops.values()
+    ((loop, _, _),) = pipe.engine._loops.values()
     assert loop.x.is_contiguous() and loop.state[0].is_contiguous()
     nhwc = pipe(**common).images
-    ((loop, _, _),) = pipe._loops.values()
+    ((loop, _, _),) = pipe.engine._loops.values()
     assert loop.x.is_contiguous(memory_format=torch.channels_last)
     assert loop.state[1].is_contiguous(memory_format=torch.channels_last)
     print(f"MEASURED NHWC vs NCHW {(nhwc - nchw).abs().max().item():.2e}")
@@ -175,7 +175,7 @@ def test_fast_samplers_take_channels_last_and_compile(small_unet):
 def test_dpm_solver_on_a_learned_variance_model_matches_diffusers_table_driven(monkeypatch):
     """A 6-channel (mean + variance) net: DPM-Solver reads the mean half, in the table loop as in diffusers
     (measured max |diff| 6.0e-7)."""
-    from fastddpm import pipeline as pipeline_module
+    from fastddpm.engine import runner
 
     config = model_factory.small_cifar10_config(
         sample_size=[8, 8], block_out_channels=[16, 24, 24, 24], norm_num_groups=4, out_channels=6
@@ -187,7 +187,7 @@ def test_dpm_solver_on_a_learned_variance_model_matches_diffusers_table_driven(m
     ours = fastddpm.Pipeline.from_diffusers(
         diffusers.DDPMPipeline(unet, diffusers.DDPMScheduler.from_config(scheduler_config))
     )
-    monkeypatch.setattr(pipeline_module, "run_scheduler_loop", None)  # must not be reached
+    monkeypatch.setattr(runner, "run_eager_loop", None)  # must not be reached
     theirs = diffusers.DPMSolverMultistepScheduler.from_config(scheduler_config)
     expected = diffusers_loop(unet, theirs, 6, batch=2, seed=5)
     got = ours(

@@ -73,7 +73,7 @@ def test_triton_pipeline_matches_torch_pipeline(monkeypatch):
 @interpreter_only
 @pytest.mark.parametrize("sampler", ["dpm++2m-sde", "heun"])
 def test_triton_multistep_pipeline_matches_torch_pipeline(monkeypatch, sampler):
-    """The table-driven loop with every update in the multistep kernel (in-kernel Philox for the SDE)."""
+    """The table-driven loop with every update in the linear_update kernel (in-kernel Philox for the SDE)."""
     pipe = fastddpm.Pipeline.from_diffusers(_tiny_unet_without_attention())
     expected = _sample(pipe, monkeypatch, "torch", sampler=sampler, num_inference_steps=4)
     calls = []

@@ -21,8 +21,17 @@ def save_diffusers(
     scheduler_class: str = "DDPMScheduler",
 ) -> Path:
     """Write a diffusers pipeline folder that DDPMPipeline.from_pretrained (and read_checkpoint) can load:
-    model_index.json, unet/{config.json, diffusion_pytorch_model.safetensors}, scheduler/scheduler_config.json."""
+    model_index.json, unet/{config.json, diffusion_pytorch_model.safetensors}, scheduler/scheduler_config.json.
+
+    An ADM net with its process's config (``_class_name`` GaussianDiffusion) is written as the UNet2DModel
+    and DDPMScheduler it equals, where UNet2DModel can express it (else adm_to_diffusers.NotExpressible, a
+    ValueError saying why)."""
     from safetensors.torch import save_file
+
+    if scheduler_config.get("_class_name") == "GaussianDiffusion":
+        from fastddpm.checkpoints.adm_to_diffusers import as_diffusers
+
+        unet, scheduler_config = as_diffusers(unet, scheduler_config)
 
     folder = Path(folder)
     (folder / "unet").mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,11 @@ Both engines sample the same batch with the same sampler and number of steps on 
 dtype, in one process; each gets one untimed warm-up call, then the best of ``--repeats`` timed calls.
 diffusers is optional: without it the table has the fastddpm row only. The table (or, with --json, one JSON
 object) records the CPU thread count, since it decides the CPU numbers.
+
+An ADM checkpoint (OpenAI's .pt, with --flags) reproduces OpenAI's code, not diffusers': diffusers' loops
+would compute other images from the same net, so the table has the fastddpm row and one line saying there
+is no reference here (OpenAI's guided_diffusion is not a package this command runs; the tests compare
+fastddpm's ADM sampling with an independent model of their code).
 """
 
 from __future__ import annotations
@@ -44,8 +49,8 @@ def run_bench(args) -> int:
 
     path = checkpoint_path(args.checkpoint)
     device = device_for(ProcessShare(0, 1, 0, 0, 0), args.device)
-    pipe = load_pipeline(path, device, args.dtype)
-    train_steps = int(pipe.scheduler.config.num_train_timesteps)
+    pipe = load_pipeline(path, device, args.dtype, getattr(args, "flags", None))
+    train_steps = len(pipe.process)
     if args.steps > train_steps:
         raise CliError(
             f"--steps {args.steps} is out of range: this checkpoint has {train_steps} training timesteps"
@@ -68,7 +73,10 @@ def run_bench(args) -> int:
 
     rows = [("fastddpm", best_seconds(fastddpm_call, device, args.repeats))]
     difference = None
+    no_reference = NO_ADM_REFERENCE if pipe.process.reference == "openai" else None
     with tempfile.TemporaryDirectory(prefix="fastddpm-bench-") as scratch:
+        if no_reference is not None:
+            return report(rows, args, device, path, difference, no_reference)
         # diffusers reads only its own folder layout: hand it the checkpoint as fastddpm converts it.
         folder = os.path.join(scratch, "model")
         pipe.save_pretrained(folder)
@@ -81,12 +89,26 @@ def run_bench(args) -> int:
 
             rows.append(("diffusers", best_seconds(diffusers_call, device, args.repeats)))
             difference = image_difference(pipe, reference, args)
+        else:
+            no_reference = "no reference: diffusers is not installed (pip install diffusers==0.42.1)"
+    return report(rows, args, device, path, difference, no_reference)
+
+
+NO_ADM_REFERENCE = (
+    "no reference: an ADM checkpoint reproduces OpenAI's guided-diffusion, which is not installed as a package "
+    "here (diffusers' loops would sample other images from this net)"
+)
+
+
+def report(rows, args, device: str, path: str, difference: float | None, no_reference: str | None) -> int:
     if args.json:
-        print(as_json(rows, args, device, path, difference))
+        print(as_json(rows, args, device, path, difference, no_reference))
     else:
         print(format_table(rows, args, device, path))
         if difference is not None:
             print(f"images: fastddpm vs diffusers, same generator: max |diff| {difference:.3g}")
+        if no_reference is not None:
+            print(no_reference)
     return 0
 
 
@@ -104,10 +126,13 @@ def image_difference(pipe, reference, args) -> float:
     return float(np.abs(ours.images - theirs).max())
 
 
-def as_json(rows: list[tuple[str, float]], args, device: str, path: str, difference: float | None) -> str:
+def as_json(
+    rows: list[tuple[str, float]], args, device: str, path: str, difference: float | None, no_reference=None
+) -> str:
     baseline = dict(rows).get("diffusers")
     return json.dumps(
         {
+            "reference": no_reference or "diffusers",
             "checkpoint": path,
             "sampler": args.sampler,
             "karras": args.karras,

@@ -27,8 +27,8 @@ def gflop_per_step(pipe) -> float:
     os.environ["FASTDDPM_BACKEND"] = "torch"
     try:
         x = torch.zeros(1, *pipe.sample_shape(), device=pipe.device, dtype=pipe.dtype)
-        t = torch.tensor(len(pipe.scheduler) // 2, device=pipe.device)
-        conditional = pipe._num_classes() is not None  # class 0: the cost does not depend on the class
+        t = torch.tensor(len(pipe.process) // 2, device=pipe.device)
+        conditional = pipe.num_classes() is not None  # class 0: the cost does not depend on the class
         labels = {"class_labels": torch.zeros(1, dtype=torch.long, device=pipe.device)} if conditional else {}
         # Grad mode keeps fastddpm.models.conv on nn.Conv2d (aten.convolution, which the counter knows) instead of
         # its CPU inference paths (oneDNN's opaque op, or Winograd, which does fewer multiply-adds): the
@@ -46,7 +46,7 @@ def gflop_per_step(pipe) -> float:
 def describe(path: str, pipe) -> dict:
     config = dict(pipe.config)
     parameters = sum(p.numel() for p in pipe.unet.parameters())
-    scheduler = {key: _plain(value) for key, value in dict(pipe.scheduler.config).items()}
+    scheduler = {key: _plain(value) for key, value in dict(pipe.process.config).items()}
     return {
         "checkpoint": path,
         "sample_shape": list(pipe.sample_shape()),
@@ -131,20 +131,15 @@ def run_convert(args) -> int:
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise CliError(f"destination folder {parent} does not exist or is not writable")
     pipe = load_pipeline(source, "cpu", "float32", args.flags)
-    write = pipe.save_pretrained
-    if getattr(pipe.scheduler, "kind", "") == "adm":
-        from fastddpm.checkpoints import save_diffusers
-        from fastddpm.checkpoints.adm_to_diffusers import NotExpressible, as_diffusers
+    from fastddpm.checkpoints.adm_to_diffusers import NotExpressible
 
-        try:
-            unet, scheduler = as_diffusers(pipe.unet, pipe.scheduler_config)
-        except NotExpressible as error:
-            raise CliError(f"{source}: diffusers' UNet2DModel cannot express this ADM net: {error}") from None
-        write = lambda folder: save_diffusers(unet, scheduler, folder)  # noqa: E731
     # Written next to the destination, then renamed: an interrupted convert leaves no half folder.
     staging = os.path.join(parent, f".{os.path.basename(destination)}.{os.getpid()}.tmp")
     try:
-        write(staging)
+        try:
+            pipe.save_pretrained(staging)
+        except NotExpressible as error:
+            raise CliError(f"{source}: diffusers' UNet2DModel cannot express this ADM net: {error}") from None
         if os.path.isdir(destination):
             os.rmdir(destination)
         os.replace(staging, destination)

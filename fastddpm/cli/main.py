@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from fastddpm.cli.errors import CliError
+from fastddpm.sampler_registry import NAMES
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -25,11 +26,8 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
-# The pipeline's sampler names (fastddpm.schedulers.samplers.NAMES; a test keeps the two equal), spelled
-# out here so that `fastddpm --help` and argument errors answer without importing torch.
-SAMPLER_NAMES = (
-    "ddpm", "ddim", "pndm", "dpm++2m", "dpm++3m", "dpm++2m-sde", "unipc", "euler", "euler-a", "heun", "deis",
-)  # fmt: skip
+# The sampler names, from the registry (which imports nothing, so `fastddpm --help` needs no torch).
+SAMPLER_NAMES = NAMES
 
 
 def _positive_int(text: str) -> int:
@@ -179,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("checkpoint", nargs="?", help="checkpoint (default: the embedded model)")
     bench.add_argument("--batch-size", type=_positive_int, default=16)
     bench.add_argument("--steps", type=_positive_int, default=10)
-    bench.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
+    bench.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", metavar="NAME")
     bench.add_argument(
         "--karras", action="store_true", help="Karras sigmas (dpm++*, unipc, euler, heun, deis)"
     )
@@ -188,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     _add_model_options(bench)
+    _add_flags_option(bench)
     return parser
 
 

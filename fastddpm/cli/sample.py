@@ -20,15 +20,17 @@ from fastddpm.cli.sample_writer import WriteFailed, grid_format, to_uint8, write
 from fastddpm.cli.sharding import ProcessGroup, batches, device_for, process_share
 
 GRID_IMAGES = 64
-DEFAULT_DDIM_STEPS = 50
 
 
-def resolve_steps(pipe, sampler: str, steps: int | None) -> int:
-    train_steps = len(pipe.scheduler)
-    if steps is None and getattr(pipe.scheduler, "kind", "") == "adm":
-        return None  # their flags' timestep_respacing (all steps without one)
+def resolve_steps(pipe, sampler: str, steps: int | None) -> int | None:
+    """--steps, or the sampler's default on this checkpoint (every step for ddpm, else 50; None: an ADM
+    checkpoint's own ddpm / ddim loops take their flags' timestep_respacing)."""
+    train_steps = len(pipe.process)
     if steps is None:
-        return train_steps if sampler == "ddpm" else min(DEFAULT_DDIM_STEPS, train_steps)
+        try:
+            return pipe.default_steps(sampler)
+        except ValueError as error:
+            raise CliError(" ".join(str(error).split())) from None
     if not 1 <= steps <= train_steps:
         raise CliError(
             f"--steps {steps} is out of range: this checkpoint has {train_steps} training timesteps"

@@ -54,6 +54,7 @@ class Scheduler(ConfigMixin):
     subclass's diffusers-style ``__init__`` (``register_to_config``)."""
 
     kind: str
+    reference = "diffusers"  # whose numbers this process reproduces (bench compares with it)
     order = 1
     init_noise_sigma = 1.0
     _compatibles = ALL_SCHEDULERS

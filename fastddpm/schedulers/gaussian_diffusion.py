@@ -118,6 +118,7 @@ class GaussianDiffusion:
     p_sample_loop (``kind`` "ddpm") or ddim_sample_loop ("ddim"): ``for_sampler`` picks the loop."""
 
     kind = "ddpm"
+    reference = "openai"  # whose numbers this process reproduces: improved-/guided-diffusion's
 
     def __init__(self, **config: Any) -> None:
         unknown = sorted(k for k in config if k not in DEFAULTS and not k.startswith("_"))

@@ -104,7 +104,7 @@ def build_table(steps: list[LinearStep], slots: int) -> torch.Tensor:
 
 
 class TableDriven:
-    """What a sampler provides to run in the table-driven loop (mixed into the scheduler classes).
+    """What a sampler provides to run as a linear table in the sampling loop (mixed into the scheduler classes).
 
     Subclasses set ``state_slots`` and implement ``linear_steps`` (after set_timesteps, one LinearStep
     per entry of ``timesteps``) and, where a config cannot be written linearly, ``graph_refusal``.
@@ -147,7 +147,7 @@ class TableDriven:
         return SamplingPlan(name, self.timesteps.cpu().clone(), table, update, draws, self.init_noise_sigma)
 
     def graph_refusal(self) -> str | None:
-        """Why the table-driven loop cannot run this config (None: it can)."""
+        """Why the fused loop cannot run this config as a linear table (None: it can; else its plan is eager)."""
         if getattr(self, "num_inference_steps", None) is None:
             return "set_timesteps has not been called"
         return None

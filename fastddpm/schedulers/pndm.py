@@ -98,6 +98,11 @@ class PNDMScheduler(TableDriven, ConfigMixin):
             self.prk_timesteps = np.array([])
             self.plms_timesteps = np.concatenate([ts[:-1], ts[-2:-1], ts[-1:]])[::-1].copy()
         else:
+            if n < self.pndm_order:  # diffusers fails here with a numpy broadcast error
+                raise ValueError(
+                    f"num_inference_steps={n}: PNDM's Runge-Kutta warm-up needs at least {self.pndm_order} steps "
+                    "(skip_prk_steps=True takes fewer)"
+                )
             half = train // n // 2  # PRK's midpoints
             prk = np.array(ts[-self.pndm_order :]).repeat(2) + np.tile(np.array([0, half]), self.pndm_order)
             self.prk_timesteps = (prk[:-1].repeat(2)[1:-1])[::-1].copy()

@@ -1,5 +1,5 @@
-"""Every table-driven sampler: MultistepLoop (step table + ops.linear_update) against the scheduler's
-own ``step`` run in diffusers' standard loop, over the config matrix each family has.
+"""Every table-driven sampler: its plan in the sampling loop (linear table + ops.linear_update) against the
+scheduler's own ``step`` run in diffusers' standard loop (the eager loop), over each family's config matrix.
 
 The schedulers' ``step`` equals diffusers' bit for bit (tests/schedulers), so this checks the table form
 against diffusers' numbers. The table rounds float64 coefficients once and folds the conversion of the
@@ -18,8 +18,11 @@ import torch
 
 import fastddpm
 import fastddpm.schedulers as schedulers
-from fastddpm.engine.multistep_loop import MultistepLoop
-from fastddpm.engine.scheduler_loop import run_scheduler_loop
+from fastddpm.engine.conditioned_network import ConditionedNetwork
+from fastddpm.engine.eager_loop import run_eager_loop
+from fastddpm.engine.noise_source import NoiseSource
+from fastddpm.engine.plan import LinearUpdate
+from fastddpm.engine.sampling_loop import SamplingLoop
 from fastddpm.schedulers import samplers
 from tests.engine.test_sampling_loop import host_syncs_forbidden
 from tests.tolerances import assert_close
@@ -101,20 +104,16 @@ def test_table_loop_matches_the_scheduler_loop(case):
     scheduler = getattr(schedulers, name)(**config)
     scheduler.set_timesteps(steps)
     assert scheduler.graph_refusal() is None
-    net = DummyNet(variance=getattr(scheduler, "mean_channels_only", False))
+    net = DummyNet(variance=scheduler.config.get("variance_type") in ("learned", "learned_range"))
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    expected = run_scheduler_loop(net, scheduler, x_T, torch.float32, torch.Generator().manual_seed(1))
+    expected = run_eager_loop(net, scheduler, x_T, NoiseSource("torch", torch.Generator().manual_seed(1)))
 
-    scheduler.set_timesteps(steps)
-    table = scheduler.linear_table()
-    noise_mode = "torch" if scheduler.noise_every_step else None
-    loop = MultistepLoop(
-        net, table, scheduler.timesteps, SHAPE, torch.float32, noise_mode, 0,
-        mean_channels_only=scheduler.mean_channels_only,
-    )  # fmt: skip
+    plan = scheduler.sampling_plan(steps)
+    network = ConditionedNetwork(net, torch.float32, SHAPE[1])  # the mean channels of a learned-variance net
+    loop = SamplingLoop(network, plan, SHAPE, torch.device("cpu"))
     generator = torch.Generator().manual_seed(1)
-    draw = (lambda: torch.randn(SHAPE, generator=generator)) if noise_mode else None  # noqa: E731
-    got = loop.run(x_T * scheduler.init_noise_sigma, 0, len(scheduler.timesteps), draw)
+    draw = lambda: torch.randn(SHAPE, generator=generator)  # noqa: E731
+    got = loop.run(x_T * plan.init_noise_sigma, 0, plan.noise_draws, draw)
     error = float((got - expected).abs().max() / (1 + expected.abs().max()))
     amplified = config.get("predict_x0") is False and config.get("prediction_type") == "sample"
     assert error <= (TOL_THROUGH_ONE_OVER_SIGMA if amplified else TOL), error
@@ -147,13 +146,13 @@ FAST_SAMPLERS = [n for n in samplers.NAMES if n not in ("ddpm", "ddim")]
 
 @pytest.mark.parametrize("noise", ["philox", "torch"])
 @pytest.mark.parametrize("name", FAST_SAMPLERS)
-def test_multistep_loop_step_does_no_host_sync(small_fastddpm_unet, name, noise, monkeypatch):
+def test_linear_update_loop_step_does_no_host_sync(small_fastddpm_unet, name, noise, monkeypatch):
     """What lets one CUDA graph replay every evaluation: no tensor-to-host conversion inside the step."""
     monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
     pipe = fastddpm.Pipeline(small_fastddpm_unet)
     pipe(batch_size=2, num_inference_steps=4, sampler=name, seed=1, noise=noise, progress=False)
-    ((loop, replay, _),) = pipe._loops.values()
-    assert isinstance(loop, MultistepLoop) and replay is None  # eager on CPU
+    ((loop, replay, _),) = pipe.engine._loops.values()
+    assert isinstance(loop.update, LinearUpdate) and replay is None  # eager on CPU
     loop.start(torch.randn(loop.shape), sample_offset=7)
     with host_syncs_forbidden():
         for _ in range(3):
@@ -163,7 +162,7 @@ def test_multistep_loop_step_does_no_host_sync(small_fastddpm_unet, name, noise,
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", FAST_SAMPLERS)
-def test_graphed_multistep_loop_matches_eager_on_cuda(small_fastddpm_unet, name):
+def test_graphed_linear_update_loop_matches_eager_on_cuda(small_fastddpm_unet, name):
     pipe = fastddpm.Pipeline(copy.deepcopy(small_fastddpm_unet)).to("cuda")
     common = dict(
         batch_size=4, num_inference_steps=6, sampler=name, seed=3, noise="philox", output_type="pt",

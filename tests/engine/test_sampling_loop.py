@@ -37,7 +37,7 @@ def test_loop_step_does_no_host_sync(small_fastddpm_unet, noise, monkeypatch):
     monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
     pipe = fastddpm.Pipeline(small_fastddpm_unet)
     pipe(batch_size=2, num_inference_steps=3, sampler="ddpm", seed=1, noise=noise, progress=False)
-    ((loop, replay, _),) = pipe._loops.values()
+    ((loop, replay, _),) = pipe.engine._loops.values()
     assert replay is None  # eager on CPU
     loop.start(torch.randn(loop.shape), sample_offset=7)
     with host_syncs_forbidden():

@@ -54,9 +54,13 @@ def test_ddpm_table_is_their_posterior(sigma_small):
         "rescale_timesteps": True,
         "timestep_respacing": "10,15,20",
     }
-    model_t, table = GaussianDiffusion(**flags).schedule("ddpm")
+    diffusion = GaussianDiffusion(**flags)
+    timesteps, table = diffusion.schedule("ddpm")
     ref = adm_reference.SpacedDiffusion(flags)
     kept = ref.timestep_map[::-1]
+    assert torch.equal(timesteps, torch.tensor(kept, dtype=torch.float32))
+    # what the conditioned network hands the net: their _scale_timesteps, in float32
+    model_t = timesteps.float() * diffusion.network_timestep_scale()
     assert torch.equal(model_t, torch.tensor(kept, dtype=torch.float32) * (1000.0 / 4000))
     f32 = lambda a: torch.from_numpy(np.asarray(a)[::-1].copy()).float()  # noqa: E731
     assert torch.equal(table[:, COEF_X0], f32(ref.posterior_mean_coef1))
