@@ -215,7 +215,8 @@ class Pipeline:
         use_cuda_graph (default: on CUDA) replays one captured graph of U-Net + sampler step for every step;
         compile=True runs the U-Net through torch.compile (on the CPU its convolutions then go through
         nn.Conv2d as inductor sees them, not fastddpm.models.conv's Winograd path, which eager mode uses).
-        channels_last (default: on, engine/runner.py's prefer_channels_last) runs the network on NHWC activations and weights.
+        channels_last (default: on, engine/runner.py's prefer_channels_last) runs the network on NHWC
+        activations and weights.
 
         ADM checkpoints (OpenAI improved-/guided-diffusion) sample as their p_sample_loop (sampler="ddpm",
         learned or fixed variances) or ddim_sample_loop (sampler="ddim", eta) over the process respaced by

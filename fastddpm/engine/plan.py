@@ -125,6 +125,21 @@ class EagerPlan:
         return len(self.scheduler.timesteps)
 
 
+class PlanDefaults:
+    """What every fastddpm scheduler answers besides its plan (mixed into both scheduler bases)."""
+
+    reference = "diffusers"  # whose numbers it reproduces (``fastddpm bench`` compares with it)
+
+    def default_inference_steps(self) -> int | None:
+        """num_inference_steps when none is given: 50, as diffusers' DDIMPipeline."""
+        return min(DEFAULT_STEPS, self.config.num_train_timesteps)
+
+    def network_timestep_scale(self) -> float | None:
+        """How a checkpoint with this process feeds its network the timestep: None, as the scheduler gives
+        it (ADM's process: float32, times a scale)."""
+        return None
+
+
 def plan_for(scheduler: Any, num_inference_steps: int | None, **settings: Any) -> SamplingPlan | EagerPlan:
     """``scheduler``'s plan for these settings (eta, use_clipped_model_output, timestep_respacing, device; a
     scheduler ignores those that do not apply to it, but timestep_respacing is ADM's alone). A scheduler

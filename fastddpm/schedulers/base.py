@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fastddpm import ops
-from fastddpm.engine.plan import DEFAULT_STEPS, SamplerStepUpdate, SamplingPlan, refuse_respacing
+from fastddpm.engine.plan import PlanDefaults, SamplerStepUpdate, SamplingPlan, refuse_respacing
 from fastddpm.kernels.step_columns import NOISE_ON
 from fastddpm.ops import reference
 from fastddpm.sampler_registry import SCHEDULER_MODULES
@@ -49,12 +49,11 @@ def refuse_unsupported(scheduler: Any, **fields: Any) -> None:
             )
 
 
-class Scheduler(ConfigMixin):
+class Scheduler(PlanDefaults, ConfigMixin):
     """What DDPM and DDIM share: the beta schedule, timesteps and q-sampling; the config comes from the
     subclass's diffusers-style ``__init__`` (``register_to_config``)."""
 
     kind: str
-    reference = "diffusers"  # whose numbers this process reproduces (bench compares with it)
     order = 1
     init_noise_sigma = 1.0
     _compatibles = ALL_SCHEDULERS
@@ -195,14 +194,6 @@ class Scheduler(ConfigMixin):
         """(steps, NUM_COLUMNS) float32 coefficients for the current timesteps, in loop order."""
         rows = [self._row(int(t), **options) for t in self.timesteps.tolist()]
         return torch.stack(rows).to(device)
-
-    def network_timestep_scale(self) -> float | None:
-        """How a checkpoint with this process feeds its network the timestep: as the scheduler gives it."""
-        return None
-
-    def default_inference_steps(self) -> int:
-        """num_inference_steps when none is given: 50, as diffusers' DDIMPipeline (DDPM: every step)."""
-        return min(DEFAULT_STEPS, self.config.num_train_timesteps)
 
     def sampling_plan(
         self,

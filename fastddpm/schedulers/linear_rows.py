@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastddpm.engine.plan import DEFAULT_STEPS, EagerPlan, LinearUpdate, SamplingPlan, refuse_respacing
+from fastddpm.engine.plan import EagerPlan, LinearUpdate, PlanDefaults, SamplingPlan, refuse_respacing
 from fastddpm.kernels.step_columns import (
     LIN_INPUT_DIVISOR,
     LIN_MATRIX,
@@ -103,7 +103,7 @@ def build_table(steps: list[LinearStep], slots: int) -> torch.Tensor:
     return table.float()
 
 
-class TableDriven:
+class TableDriven(PlanDefaults):
     """What a sampler provides to run as a linear table in the sampling loop (mixed into the scheduler classes).
 
     Subclasses set ``state_slots`` and implement ``linear_steps`` (after set_timesteps, one LinearStep
@@ -115,14 +115,6 @@ class TableDriven:
 
     def linear_steps(self) -> list[LinearStep]:
         raise NotImplementedError
-
-    def network_timestep_scale(self) -> float | None:
-        """How a checkpoint with this process feeds its network the timestep: as the scheduler gives it."""
-        return None
-
-    def default_inference_steps(self) -> int:
-        """num_inference_steps when none is given: 50, as diffusers' DDIMPipeline."""
-        return min(DEFAULT_STEPS, self.config.num_train_timesteps)
 
     def sampling_plan(
         self,
