@@ -9,6 +9,8 @@ class labels their own stream; image b of a batch has sample index ``sample_offs
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,9 +50,9 @@ class NoiseSource:
             return noise_module.philox_normal(self.seed, sample_offset, shape[0], shape[1:], 0, device=device)
         return randn_tensor(shape, self.generator, device, torch.float32)
 
-    def host_draw(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        """The next step's noise from the generator (torch mode; Philox draws inside the update)."""
-        return randn_tensor(shape, self.generator, device, torch.float32)
+    def host_draws(self, shape: tuple[int, ...], device: torch.device) -> Callable[[], torch.Tensor]:
+        """draw() -> the next step's noise from the generator (torch mode; Philox draws inside the update)."""
+        return functools.partial(randn_tensor, shape, self.generator, device, torch.float32)
 
     def step_noise(
         self, sample_offset: int | torch.Tensor, step_index: int | torch.Tensor

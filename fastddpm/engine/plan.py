@@ -11,7 +11,7 @@ diffusers' standard loop (eager_loop.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,19 +26,23 @@ class SamplerStepUpdate:
     keyword arguments (kind, prediction_type, variance_type, clip_range, thresholding, ...)."""
 
     options: tuple[tuple[str, Any], ...]
+    kwargs: dict[str, Any] = field(init=False, compare=False, repr=False)  # options as a dict, made once
     state_slots = None  # no state buffer at all
     takes_noise = True  # every step gets its noise argument; the row's NOISE_ON decides whether it is used
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kwargs", dict(self.options))
 
     @property
     def reads_variance(self) -> bool:
         """Whether the step reads the model's variance channels (learned variances) besides its mean ones."""
-        return dict(self.options)["variance_type"] != "fixed"
+        return self.kwargs["variance_type"] != "fixed"
 
     def network_input(self, x: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
         return x
 
     def apply(self, model_output, x, row, noise, state):
-        x_prev, _ = ops.sampler_step(model_output, x, row, noise, **dict(self.options))
+        x_prev, _ = ops.sampler_step(model_output, x, row, noise, **self.kwargs)
         return x_prev, None
 
 

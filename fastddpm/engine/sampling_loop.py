@@ -52,6 +52,9 @@ class SamplingLoop:
         self.sample_offset = torch.zeros((), dtype=torch.int64, device=device)
         takes_host_noise = self.update.takes_noise and philox_seed is None
         self.noise = torch.zeros_like(self.x) if takes_host_noise else None
+        # bound once: step() runs per network evaluation, and attribute lookups are its host time
+        self._network_input, self._apply = self.update.network_input, self.update.apply
+        self._takes_noise, self._batch = self.update.takes_noise, shape[0]
 
     def buffers(self) -> list[torch.Tensor]:
         """The static tensors a captured graph reads and writes."""
@@ -61,13 +64,13 @@ class SamplingLoop:
     def step(self) -> None:
         """x, state <- update(network(input(x), t[i]), x, row i, noise, state); i += 1. Sync-free."""
         index = self.step_index
-        t = self.timesteps.index_select(0, index).expand(self.shape[0])
+        t = self.timesteps.index_select(0, index).expand(self._batch)
         row = self.table.index_select(0, index).squeeze(0)
-        model_output = self.network(self.update.network_input(self.x, row), t)
+        model_output = self.network(self._network_input(self.x, row), t)
         noise = None
-        if self.update.takes_noise:
+        if self._takes_noise:
             noise = self.noise if self.philox_seed is None else self._philox(index)
-        x_next, state = self.update.apply(model_output, self.x, row, noise, self.state)
+        x_next, state = self._apply(model_output, self.x, row, noise, self.state)
         if state is not None:
             self.state.copy_(state)
         self.x.copy_(x_next)
