@@ -5,10 +5,9 @@ dtype, in one process; each gets one untimed warm-up call, then the best of ``--
 diffusers is optional: without it the table has the fastddpm row only. The table (or, with --json, one JSON
 object) records the CPU thread count, since it decides the CPU numbers.
 
-An ADM checkpoint (OpenAI's .pt, with --flags) reproduces OpenAI's code, not diffusers': diffusers' loops
-would compute other images from the same net, so the table has the fastddpm row and one line saying there
-is no reference here (OpenAI's guided_diffusion is not a package this command runs; the tests compare
-fastddpm's ADM sampling with an independent model of their code).
+An ADM checkpoint (OpenAI's .pt, with --flags) reproduces OpenAI's code, not diffusers' (whose loops would
+sample other images from the same net): its reference is their guided_diffusion package where it is
+installed (openai_reference.py), and otherwise one line says there is none.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import time
 from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline
 from fastddpm.cli.diffusers_reference import diffusers_sampler
 from fastddpm.cli.errors import CliError
+from fastddpm.cli.openai_reference import openai_sampler
 from fastddpm.cli.sharding import ProcessShare, device_for
 from fastddpm.schedulers import samplers
 
@@ -72,67 +72,65 @@ def run_bench(args) -> int:
         )
 
     rows = [("fastddpm", best_seconds(fastddpm_call, device, args.repeats))]
-    difference = None
-    no_reference = NO_ADM_REFERENCE if pipe.process.reference == "openai" else None
+    difference, note = None, None
     with tempfile.TemporaryDirectory(prefix="fastddpm-bench-") as scratch:
-        if no_reference is not None:
-            return report(rows, args, device, path, difference, no_reference)
-        # diffusers reads only its own folder layout: hand it the checkpoint as fastddpm converts it.
-        folder = os.path.join(scratch, "model")
-        pipe.save_pretrained(folder)
-        reference = diffusers_sampler(folder, args.sampler, args.karras, device, args.dtype)
-        if reference is not None:
-            generator = torch.Generator("cpu")
+        name, reference = reference_for(pipe, path, args, device, scratch)
+        if isinstance(reference, str):
+            note = reference  # one line: why there is no reference here
+        else:
+            generator = torch.Generator(device if name == "openai" else "cpu")
 
-            def diffusers_call():
+            def reference_call():
                 reference(args.batch_size, args.steps, generator.manual_seed(0))
 
-            rows.append(("diffusers", best_seconds(diffusers_call, device, args.repeats)))
-            difference = image_difference(pipe, reference, args)
-        else:
-            no_reference = "no reference: diffusers is not installed (pip install diffusers==0.42.1)"
-    return report(rows, args, device, path, difference, no_reference)
-
-
-NO_ADM_REFERENCE = (
-    "no reference: an ADM checkpoint reproduces OpenAI's guided-diffusion, which is not installed as a package "
-    "here (diffusers' loops would sample other images from this net)"
-)
-
-
-def report(rows, args, device: str, path: str, difference: float | None, no_reference: str | None) -> int:
+            rows.append((name, best_seconds(reference_call, device, args.repeats)))
+            difference = image_difference(pipe, reference, args, generator.device)
     if args.json:
-        print(as_json(rows, args, device, path, difference, no_reference))
+        print(as_json(rows, args, device, path, difference, note))
     else:
         print(format_table(rows, args, device, path))
         if difference is not None:
-            print(f"images: fastddpm vs diffusers, same generator: max |diff| {difference:.3g}")
-        if no_reference is not None:
-            print(no_reference)
+            print(f"images: fastddpm vs {rows[1][0]}, same generator: max |diff| {difference:.3g}")
+        if note is not None:
+            print(note)
     return 0
 
 
-def image_difference(pipe, reference, args) -> float:
+def reference_for(pipe, path: str, args, device: str, scratch: str) -> tuple[str, object]:
+    """(engine name, run(batch, steps, generator) or a one-line reason there is none): the code whose
+    numbers the checkpoint's process reproduces -- diffusers, or for an ADM checkpoint OpenAI's."""
+    if pipe.process.reference == "openai":
+        return "openai", openai_sampler(path, pipe, args.sampler, device, args.dtype)
+    # diffusers reads only its own folder layout: hand it the checkpoint as fastddpm converts it.
+    folder = os.path.join(scratch, "model")
+    pipe.save_pretrained(folder)
+    reference = diffusers_sampler(folder, args.sampler, args.karras, device, args.dtype)
+    if reference is None:
+        return "diffusers", "no reference: diffusers is not installed (pip install diffusers==0.42.1)"
+    return "diffusers", reference
+
+
+def image_difference(pipe, reference, args, generator_device) -> float:
     """max |diff| of one more call of each engine with the same generator (fastddpm's noise="torch" draws
-    exactly as diffusers does): a speed-up means something only if both compute the same images."""
+    exactly as the reference does): a speed-up means something only if both compute the same images."""
     import numpy as np
     import torch
 
     ours = pipe(
         batch_size=args.batch_size, num_inference_steps=args.steps, sampler=args.sampler, karras=args.karras,
-        generator=torch.Generator("cpu").manual_seed(0), output_type="np", progress=False,
+        generator=torch.Generator(generator_device).manual_seed(0), output_type="np", progress=False,
     )  # fmt: skip
-    theirs = reference(args.batch_size, args.steps, torch.Generator("cpu").manual_seed(0))
+    theirs = reference(args.batch_size, args.steps, torch.Generator(generator_device).manual_seed(0))
     return float(np.abs(ours.images - theirs).max())
 
 
 def as_json(
-    rows: list[tuple[str, float]], args, device: str, path: str, difference: float | None, no_reference=None
+    rows: list[tuple[str, float]], args, device: str, path: str, difference: float | None, note=None
 ) -> str:
-    baseline = dict(rows).get("diffusers")
+    baseline = rows[1][1] if len(rows) > 1 else None
     return json.dumps(
         {
-            "reference": no_reference or "diffusers",
+            "reference": note or rows[1][0],
             "checkpoint": path,
             "sampler": args.sampler,
             "karras": args.karras,
@@ -142,7 +140,7 @@ def as_json(
             "dtype": args.dtype,
             "threads": args.threads,
             "repeats": args.repeats,
-            "max_image_diff_vs_diffusers": difference,
+            f"max_image_diff_vs_{rows[1][0] if len(rows) > 1 else 'reference'}": difference,
             "results": [
                 {
                     "engine": engine,
@@ -158,7 +156,7 @@ def as_json(
 
 
 def format_table(rows: list[tuple[str, float]], args, device: str, path: str) -> str:
-    baseline = dict(rows).get("diffusers")
+    baseline = rows[1][1] if len(rows) > 1 else None
     lines = [
         f"checkpoint {path}",
         f"{args.sampler}{' (karras)' if args.karras else ''} {args.steps} steps, batch {args.batch_size}, {device}, {args.dtype}, "
