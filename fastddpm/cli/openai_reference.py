@@ -58,7 +58,9 @@ def _run(script_util, flags: dict, state: dict, sampler: str, device: str, dtype
     import torch
 
     def run(batch_size: int, steps: int, generator):
-        model, diffusion = script_util.create_model_and_diffusion(**{**flags, "timestep_respacing": str(steps)})
+        model, diffusion = script_util.create_model_and_diffusion(
+            **{**flags, "timestep_respacing": str(steps)}
+        )
         model.load_state_dict(state)
         model.to(device)
         if dtype == "float16":

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastddpm.engine.conditioned_network import ConditionedNetwork
-from fastddpm.engine.cuda_graph import capture_step
+from fastddpm.engine.cuda_graph import CUDA_GRAPHS, GraphCalls, capture_step
 from fastddpm.engine.eager_loop import run_eager_loop
 from fastddpm.engine.noise_source import NoiseSource
 from fastddpm.engine.plan import EagerPlan, SamplingPlan
@@ -33,8 +33,14 @@ class SamplingEngine:
     """Runs plans with one U-Net (``timestep_scale``: how the checkpoint's net takes its timestep, see
     ConditionedNetwork)."""
 
-    def __init__(self, unet: torch.nn.Module, timestep_scale: float | None = None) -> None:
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        timestep_scale: float | None = None,
+        graph_calls: GraphCalls = CUDA_GRAPHS,
+    ) -> None:
         self.unet, self.timestep_scale = unet, timestep_scale
+        self.graph_calls = graph_calls  # the CUDA calls of graph capture (the tests stand them in on the CPU)
         self.memory_format = torch.contiguous_format
         self._loops: dict[tuple, tuple[SamplingLoop, Callable[[], None] | None, str]] = {}
         self._compiled = None
@@ -109,7 +115,7 @@ class SamplingEngine:
         on_cuda = device.type == "cuda"
         if use_cuda_graph is None:
             use_cuda_graph = on_cuda
-        if use_cuda_graph and not on_cuda:
+        if use_cuda_graph and device.type != self.graph_calls.device_type:
             raise ValueError("use_cuda_graph=True needs the pipeline on a CUDA device")
         philox_seed = noise.seed if noise.philox else None
         key = (
@@ -123,7 +129,7 @@ class SamplingEngine:
         loop = SamplingLoop(network, plan, shape, device, self.memory_format, philox_seed)
         replay, status = None, "off"
         if use_cuda_graph:
-            capture = capture_step(loop.step, loop.buffers())
+            capture = capture_step(loop.step, loop.buffers(), self.graph_calls)
             replay, status = capture.replay, capture.status
         self._loops.clear()  # one live graph at a time: each holds a private memory pool
         self._loops[key] = (loop, replay, status)
