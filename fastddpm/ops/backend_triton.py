@@ -278,7 +278,39 @@ def why_not_group_norm(
 
 
 def group_norm(x, num_groups, weight, bias, eps, *, add=None, scale=None, shift=None, silu=False):
+    if torch.compiler.is_compiling():  # torch.compile sees the launch as one opaque op (below)
+        return torch.ops.fastddpm_triton.group_norm(x, num_groups, weight, bias, eps, add, scale, shift, silu)
+    return _launch_group_norm(x, num_groups, weight, bias, eps, add, scale, shift, silu)
+
+
+def _launch_group_norm(x, num_groups, weight, bias, eps, add, scale, shift, silu):
     with _on_device_of(x):
         return kernel_module("group_norm").group_norm(
             x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, silu=silu
         )
+
+
+# torch.compile(fullgraph=True) cannot trace a launch (it imports the kernel module and enters
+# torch.cuda.device), so a compiled U-Net calls the launcher as a custom op whose fake says the output's
+# shape and layout. Eager calls skip it: a custom op's dispatch costs host time on every one of the
+# U-Net's ~30 group_norm calls.
+@torch.library.custom_op("fastddpm_triton::group_norm", mutates_args=())
+def _group_norm_op(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    add: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    silu: bool,
+) -> torch.Tensor:
+    return _launch_group_norm(x, num_groups, weight, bias, eps, add, scale, shift, silu)
+
+
+@_group_norm_op.register_fake
+def _(x, num_groups, weight, bias, eps, add, scale, shift, silu):
+    # the launcher's output: x's dtype and shape, NHWC when x is NHWC-dense (kernels/common.memory_format_of)
+    nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
