@@ -209,7 +209,7 @@ class Pipeline:
         noise="torch" draws x_T and every step's noise from ``generator`` (or a CPU generator seeded with
         ``seed``) exactly as diffusers' DDPMPipeline / DDIMPipeline and standard loop do, so the images match
         theirs. noise="philox" makes image b depend only on (seed, sample_offset + b, settings): the same
-        images for any batch size, device or process split. Default steps: num_train_timesteps for ddpm, 50
+        noise for any batch size or process split (a GPU's log / cos may differ from the CPU's in the last bits). Default steps: num_train_timesteps for ddpm, 50
         for the others.
         batch_size="auto" (CUDA) picks the largest batch that fits in free memory (auto_batch.py).
         use_cuda_graph (default: on CUDA) replays one captured graph of U-Net + sampler step for every step;

@@ -18,7 +18,9 @@ except ImportError:
     INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Launch options of the kernels that promise torch's float32 results bit for bit (q_sample, sampler_step):
+# Launch options of the kernels that promise torch's float32 arithmetic bit for bit (q_sample, sampler_step,
+# linear_update; the transcendental functions aside -- tl.exp is ex2.approx and Box-Muller's log / cos come
+# from libdevice on a GPU -- see each kernel's docstring):
 # compiled Triton contracts a * b + c into one FMA (one rounding instead of torch's two, as torch runs each op
 # as its own kernel), which changes the last bit. Without contraction these memory-bound kernels lose
 # nothing measurable: they wait on DRAM, not on the FP units. The interpreter ignores the option.

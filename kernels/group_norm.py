@@ -1,8 +1,10 @@
 """GroupNorm fused with what surrounds it in a U-Net ResnetBlock, for NCHW and channels_last inputs.
 
 y = GroupNorm(x + add[n, c]) * weight[c] + bias[c], then y * (1 + scale[n, c]) + shift[n, c], then SiLU:
-exactly reference.group_norm, with float32 statistics and arithmetic for every input dtype and one
-rounding to x's dtype at the end.
+reference.group_norm's formula, with float32 statistics and arithmetic for every input dtype and one
+rounding to x's dtype at the end. It is not bit for bit: the sums run in tile order, not torch's, and
+compiled for a GPU it divides with div.full (``/``), takes SiLU's exp as ex2.approx and contracts FMAs;
+the tests hold it to tests/tolerances.py.
 
 Two paths, picked by the launcher:
 

@@ -3,7 +3,8 @@
 eps is read from a tensor, or drawn in-kernel with the "philox" noise of fastddpm/ops/noise.py and written out
 (training needs it). Per-sample timesteps index an abar table on the device, so nothing syncs with the host.
 The arithmetic rounds where reference.q_sample rounds (each torch op in x0's dtype), so fp16 / bf16 results
-match the reference to its last bit in most elements, and float32 results exactly.
+match the reference to its last bit in most elements, and float32 results exactly for a noise tensor; with
+in-kernel Philox noise, eps itself may differ in the last bits on a GPU (libdevice log / cos, ops/noise.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ with a float16 / bfloat16 model output (the state itself stays float32): ``coeff
 rounds the 0-d float32 coefficient to half first (CUDA always; CPU when the coefficient is the first
 operand, as everywhere in the reference except the two learned_range log-variance products), computes in
 float32 and rounds the product to half. The kernel rounds at the same places (``rounded``) and divides
-with IEEE division (``div_rn``), so steps agree with the reference to the last bit or two.
+with IEEE division and square root (``div_rn``, ``sqrt_rn``) and no FMA contraction (EXACT_FLOAT32), so
+fixed-variance steps agree with the reference to the last bit or two, under the interpreter and compiled
+alike. What a GPU does not keep bit for bit: learned variances take ``tl.exp``, which compiles to
+``ex2.approx`` (about 2 ulp from torch's expf), and in-kernel Philox noise goes through libdevice's log /
+cos (see ops/noise.py); those steps agree with the reference within float32 tolerances there.
 
 Dynamic thresholding is not fused (see fastddpm/ops/backend_triton.py): the launcher refuses it.
 """

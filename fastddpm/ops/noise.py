@@ -10,7 +10,9 @@ The definition (the Triton kernels draw the same numbers in-kernel):
   both exact in float32; z = sqrt(-2 ln u1) * cos(2 pi u2), computed in float32.
 
 Sample b of a batch that starts at ``sample_offset`` has sample index ``sample_offset + b``, so each image
-depends only on (seed, its index, step): any batch size, device or process split gives the same noise.
+depends only on (seed, its index, step): any batch size or process split gives the same noise. The
+integer Philox words are the same on every device; the float32 normals are where ``log`` and ``cos`` are:
+torch's CPU functions and the Triton kernels' libdevice ones (CUDA) may differ in the last bits.
 Pure torch with int64 arithmetic, so it runs on any device and needs no host sync when ``stream`` is a
 device tensor.
 
