@@ -17,6 +17,9 @@
     kernel<<<grid, block, dynamic_bytes, c10::cuda::getCurrentCUDAStream()>>>(__VA_ARGS__);    \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                             \
   } while (false)
+// A vector access's address is a multiple of its width: a GPU faults ("misaligned address") by itself; the
+// host SIMT build checks it (an x86 CPU would silently load the unaligned vector).
+#define FASTDDPM_CHECK_VECTOR_ALIGNMENT(ptr, bytes) ((void)0)
 // Above 48 KiB of dynamic shared memory a kernel must opt in; not a stream operation, so it is allowed
 // during CUDA graph capture.
 #define FASTDDPM_SET_MAX_DYNAMIC_SHARED(kernel, bytes) \

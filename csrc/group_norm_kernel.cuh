@@ -112,11 +112,13 @@ struct ChannelMap {
 
 template <typename T, int VEC>
 __device__ __forceinline__ Pack<T, VEC> load_pack(const T* ptr) {
+  FASTDDPM_CHECK_VECTOR_ALIGNMENT(ptr, sizeof(Pack<T, VEC>));
   return *reinterpret_cast<const Pack<T, VEC>*>(ptr);
 }
 
 template <typename T, int VEC>
 __device__ __forceinline__ void store_pack(T* ptr, const Pack<T, VEC>& pack) {
+  FASTDDPM_CHECK_VECTOR_ALIGNMENT(ptr, sizeof(Pack<T, VEC>));
   *reinterpret_cast<Pack<T, VEC>*>(ptr) = pack;
 }
 

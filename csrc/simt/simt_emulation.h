@@ -256,6 +256,15 @@ T shuffle(unsigned mask, T value, int source) {
   return result;
 }
 
+// A `bytes`-wide vector load or store: a GPU faults on an address that is not a multiple of the width, so the
+// emulation aborts the launch there too (an x86 CPU would load it silently).
+inline void check_vector_alignment(const void* ptr, size_t bytes) {
+  if (reinterpret_cast<uintptr_t>(ptr) % bytes != 0) {
+    throw std::runtime_error("simt: misaligned address: a " + std::to_string(bytes) + "-byte vector access at " +
+                             std::to_string(reinterpret_cast<uintptr_t>(ptr)));
+  }
+}
+
 // kernel<<<grid, block, dynamic_bytes>>>(args...): blocks one after another, each on `block.x` threads.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_bytes, Args&&... args) {
@@ -263,7 +272,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_byt
   if (block.y != 1 || block.z != 1 || threads == 0 || threads > 1024) {
     throw std::runtime_error("simt: blocks must be 1-d with 1..1024 threads");
   }
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
     throw std::runtime_error("simt: invalid grid");
   }
   size_t limit = kDefaultSharedLimit;
@@ -352,3 +361,4 @@ T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
 #define FASTDDPM_LAUNCH(kernel, grid, block, dynamic_bytes, ...) \
   ::simt::launch(kernel, grid, block, dynamic_bytes, __VA_ARGS__)
 #define FASTDDPM_SET_MAX_DYNAMIC_SHARED(kernel, bytes) ::simt::set_max_dynamic_shared(kernel, bytes)
+#define FASTDDPM_CHECK_VECTOR_ALIGNMENT(ptr, bytes) ::simt::check_vector_alignment(ptr, bytes)

@@ -45,3 +45,18 @@ def test_strided_inputs_and_large_scores():
     # makes scores near 30: the online softmax must subtract the running maximum.
     q, k, v = (t.transpose(1, 2) for t in make_qkv(1, 9, 2, 2, 33, torch.float32, seed=4))
     check(q, k, v, 3.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_inputs_with_a_storage_offset(dtype):
+    """q, k, v sliced one element into their storage (contiguous, but not 16-byte aligned)."""
+
+    def shifted(t):
+        storage = torch.zeros(t.numel() + 1, dtype=t.dtype)
+        view = torch.as_strided(storage, t.shape, t.stride(), 1)
+        view.copy_(t)
+        return view
+
+    q, k, v = (shifted(t) for t in make_qkv(1, 2, 7, 9, 24, dtype, seed=5))
+    assert q.storage_offset() == 1 and q.is_contiguous()
+    check(q, k, v, 24**-0.5)

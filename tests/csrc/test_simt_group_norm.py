@@ -120,3 +120,17 @@ def test_statistics_stay_exact_when_the_mean_dwarfs_the_spread():
     exact = torch.nn.functional.group_norm(x.double(), 2, eps=1e-6)
     # float32 places a mean of 100 only to ~4e-6, 4e-4 of the spread (measured max |diff| ~1e-4)
     assert_close(actual, exact, 6e-4, 0, what="simt group_norm of a large-mean input against float64")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_an_input_with_a_storage_offset_takes_the_scalar_path(channels_last, dtype):
+    """A slice one element into its storage: its 16-byte packs are misaligned, which a GPU faults on (and
+    the emulation aborts on), so the launcher must read it element by element."""
+    inputs = make_inputs((2, 16, 4, 6), 2, dtype, channels_last, ALL, seed=12)  # packs when aligned
+    x = inputs["x"]
+    storage = torch.zeros(x.numel() + 1, dtype=dtype)
+    sliced = torch.as_strided(storage, x.shape, x.stride(), 1)
+    sliced.copy_(x)
+    assert sliced.data_ptr() % 16 != 0
+    check({**inputs, "x": sliced})
