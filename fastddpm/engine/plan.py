@@ -125,6 +125,10 @@ class EagerPlan:
     reads_variance = True  # the scheduler's step gets the whole model output and takes what it needs
 
     @property
+    def timesteps(self) -> torch.Tensor:
+        return self.scheduler.timesteps
+
+    @property
     def steps(self) -> int:
         return len(self.scheduler.timesteps)
 

@@ -100,8 +100,7 @@ class SamplingEngine:
         )
         network.set_class_labels(class_labels)
         if compile:
-            timesteps = plan.timesteps if isinstance(plan, SamplingPlan) else plan.scheduler.timesteps
-            t = timesteps[:1].to(device).expand(shape[0])
+            t = plan.timesteps[:1].to(device).expand(shape[0])
             x = torch.zeros(shape, device=device).contiguous(memory_format=self.memory_format)
             network(x, t)
             network.unet = self._compiled_unet()
