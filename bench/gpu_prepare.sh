@@ -3,11 +3,14 @@
 # bench/gpu_check.sh needs and the GPU image lacks, built for Python 3.12 on x86-64 Linux.
 #
 # Needed: fastddpm's runtime dependencies (pyproject.toml), diffusers==0.42.1 (the parity and end-to-end
-# baselines) and hypothesis (test modules import it), each with its dependencies. The image has torch 2.11.0
-# (and triton 3.6), pytest and pytest-benchmark, with their dependencies. pip resolves both sets for
-# Python 3.12 (--dry-run --report: metadata only); the difference, pinned to the resolved versions, is
-# downloaded as binary wheels. The fastddpm wheel itself is not needed: the device gets the working tree
-# and gpu_check.sh builds the extension there.
+# baselines) and hypothesis (test modules import it), each with its dependencies, resolved by pip for Python
+# 3.12 (--dry-run --report: metadata only). Carried: those whose name is not in the image's package list
+# (bench/gpu_image_packages.txt, read on the machine), pinned to the resolved versions. Nothing the image has
+# is carried: a carried copy would shadow the image's through PYTHONPATH (its numpy 2.5 for one; the
+# numpy < 2.4 that Triton 3.6's interpreter wants matters on CPU rehearsals only, not on the GPU). The
+# fastddpm wheel itself is not needed: the device gets the working tree and gpu_check.sh builds the
+# extension there. The wheels are downloaded into a scratch folder and moved into .whl/ only when every one
+# arrived, so a failure leaves the previous .whl/ as it was.
 #   PYTHON312=~/.pyenv/versions/3.12.1/bin/python bash bench/gpu_prepare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,31 +19,30 @@ PY312="${PYTHON312:-$HOME/.pyenv/versions/3.12.1/bin/python}"
     || { echo "gpu_prepare.sh: PYTHON312=$PY312 is not a Python 3.12" >&2; exit 2; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-resolve() {  # resolve REPORT REQUIREMENTS...: what pip would install into an empty Python 3.12
-    "$PY312" -m pip install -q --dry-run --ignore-installed --report "$1" "${@:2}" >/dev/null
-}
-resolve "$work/image.json" torch==2.11.0 "triton==3.6.*" pytest pytest-benchmark
-# numpy < 2.4: Triton 3.6's interpreter calls int() on 1-element arrays, which numpy 2.4 refuses (CPU runs
-# of the Triton kernels, as in the rehearsal; measured: 9 interpreter tests fail with 2.4.6, pass with 2.3.5).
-resolve "$work/needed.json" "numpy<2.4" safetensors pillow tqdm hypothesis diffusers==0.42.1
-"$PY312" - "$work/image.json" "$work/needed.json" >"$work/missing.txt" <<'PY'
+"$PY312" -m pip install -q --dry-run --ignore-installed --report "$work/needed.json" \
+    numpy safetensors pillow tqdm hypothesis diffusers==0.42.1 >/dev/null
+"$PY312" - "$work/needed.json" bench/gpu_image_packages.txt >"$work/missing.txt" <<'PY'
 import json
+import re
 import sys
 
-def resolved(path):
-    with open(path) as report:
-        return {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
-                for item in json.load(report)["install"]}
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
 
-image, needed = resolved(sys.argv[1]), resolved(sys.argv[2])
+with open(sys.argv[2]) as listing:
+    image = {canonical(line.strip()) for line in listing if line.strip() and not line.startswith("#")}
+with open(sys.argv[1]) as report:
+    needed = {canonical(item["metadata"]["name"]): item["metadata"]["version"] for item in json.load(report)["install"]}
 for name, version in sorted(needed.items()):
     if name not in image:
         print(f"{name}=={version}")
 PY
-rm -rf .whl && mkdir -p .whl
+mkdir -p "$work/wheels"
+# Every manylinux tag a Python 3.12 x86-64 wheel may carry (a wheel tagged only _2_27 or _2_34 is found too).
+platforms=()
+for glibc in 2_17 2_24 2_27 2_28 2_31 2_34 2_35; do platforms+=(--platform "manylinux_${glibc}_x86_64"); done
 "$PY312" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl -r "$work/missing.txt"
+    "${platforms[@]}" --platform manylinux2014_x86_64 --platform any -d "$work/wheels" -r "$work/missing.txt"
+rm -rf .whl && mv "$work/wheels" .whl
 grep -qxF "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >>"$(git rev-parse --git-path info/exclude)"
-echo "gpu_prepare.sh: $(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1), in .whl/:"
-ls .whl
+echo "gpu_prepare.sh: $(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1), in .whl/ (not in the image: $(tr '\n' ' ' <"$work/missing.txt"))"
