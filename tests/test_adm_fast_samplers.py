@@ -38,7 +38,7 @@ def diffusers_loop(model, flags, name, karras, steps, batch, size, labels, gener
 
     from tests import adm_reference
 
-    _, class_name, overrides = samplers.SAMPLERS[name]
+    class_name, overrides = samplers.SAMPLERS[name]
     betas = adm_reference.named_beta_schedule(flags["noise_schedule"], flags["diffusion_steps"])
     config = {
         "num_train_timesteps": flags["diffusion_steps"],

@@ -69,7 +69,7 @@ def test_sampler_matches_diffusers_loop(small_unet, name, steps, overrides, karr
     config = model_factory.ddpm_scheduler_config(num_train_timesteps=TRAIN_STEPS, **overrides)
     theirs_pipe = diffusers.DDPMPipeline(small_unet, diffusers.DDPMScheduler.from_config(config))
     ours = fastddpm.Pipeline.from_diffusers(theirs_pipe)
-    _, cls_name, sampler_overrides = samplers.SAMPLERS[name]
+    cls_name, sampler_overrides = samplers.SAMPLERS[name]
     karras_override = {"use_karras_sigmas": True} if karras else {}
     their_scheduler = getattr(diffusers, cls_name).from_config(config, **sampler_overrides, **karras_override)
     expected = diffusers_loop(small_unet, their_scheduler, steps, batch=3, seed=11)

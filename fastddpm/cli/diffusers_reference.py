@@ -27,7 +27,7 @@ def diffusers_sampler(folder: str, sampler: str, karras: bool, device: str, dtyp
     diffusers.utils.logging.set_verbosity_error()
     unet = diffusers.UNet2DModel.from_pretrained(os.path.join(folder, "unet"))
     unet = unet.to(device, getattr(torch, dtype))
-    _, class_name, overrides = samplers.SAMPLERS[sampler]
+    class_name, overrides = samplers.SAMPLERS[sampler]
     scheduler_class = getattr(diffusers, class_name)
     config = scheduler_class.load_config(os.path.join(folder, "scheduler"))
     scheduler = scheduler_class.from_config(

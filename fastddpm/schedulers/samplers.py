@@ -13,16 +13,22 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from fastddpm.sampler_registry import NAMES, SAMPLERS
+from fastddpm import sampler_registry
+from fastddpm.sampler_registry import NAMES
 from fastddpm.schedulers.gaussian_diffusion import GaussianDiffusion
+
+# name -> (scheduler class name, config overrides): the registry's entries as diffusers' class and variant
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    name: (entry.class_name, entry.overrides) for name, entry in sampler_registry.SAMPLERS.items()
+}
 
 __all__ = ["NAMES", "SAMPLERS", "has_karras", "karras_names", "make", "make_process", "scheduler_class"]
 
 
 def scheduler_class(name: str) -> type:
-    if name not in SAMPLERS:
+    if name not in sampler_registry.SAMPLERS:
         raise ValueError(f"sampler {name!r} is not one of {', '.join(NAMES)}")
-    entry = SAMPLERS[name]
+    entry = sampler_registry.SAMPLERS[name]
     return getattr(importlib.import_module(f"fastddpm.schedulers.{entry.module}"), entry.class_name)
 
 
@@ -54,7 +60,7 @@ def make(name: str, config: Mapping[str, Any], karras: bool = False):
         if name in ("ddpm", "ddim"):
             return process.for_sampler(name)
         config = process.sampler_config()
-    overrides = dict(SAMPLERS[name].overrides)
+    overrides = dict(sampler_registry.SAMPLERS[name].overrides)
     if karras:
         overrides["use_karras_sigmas"] = True
     return cls.from_config(dict(config), **overrides)
