@@ -116,7 +116,9 @@ def _candidates(op: str) -> tuple[str, ...]:
 
 def _dispatch(op: str, *args, **kwargs):
     names = _candidates(op)
-    key = (op, names, torch.is_grad_enabled(), _signature(args), _signature(tuple(sorted(kwargs.items()))))
+    # keyword arguments by sorted name: torch 2.11's Dynamo cannot sort (name, tensor) pairs under compile
+    keywords = tuple((name, _signature(kwargs[name])) for name in sorted(kwargs))
+    key = (op, names, torch.is_grad_enabled(), _signature(args), keywords)
     chosen = _decisions.get(key)
     if chosen is None:
         if torch.compiler.is_compiling() and "torch" in names:
