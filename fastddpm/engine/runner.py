@@ -125,7 +125,7 @@ class SamplingEngine:
             self._loops[key][0].network.set_class_labels(class_labels)
             return self._loops[key]
         network = self._network(plan, shape, device, class_labels, compile)
-        loop = SamplingLoop(network, plan, shape, device, self.memory_format, philox_seed)
+        loop = SamplingLoop(network, plan, shape, device, self.memory_format, noise)
         replay, status = None, "off"
         if use_cuda_graph:
             capture = capture_step(loop.step, loop.buffers(), self.graph_calls)

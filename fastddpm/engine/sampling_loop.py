@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from fastddpm.engine.noise_source import NoiseSource
 from fastddpm.engine.plan import SamplingPlan
-from fastddpm.ops import PhiloxNoise
 
 
 def state_buffer(slots: int, shape: tuple[int, ...], device, memory_format) -> torch.Tensor:
@@ -36,12 +36,13 @@ class SamplingLoop:
         shape: tuple[int, ...],
         device: torch.device,
         memory_format: torch.memory_format = torch.contiguous_format,
-        philox_seed: int | None = None,
+        noise: NoiseSource | None = None,
     ) -> None:
         self.network, self.update, self.shape = network, plan.update, shape
         self.table = plan.table.to(device)
         self.timesteps = plan.timesteps.to(device)
-        self.philox_seed = philox_seed  # None: noise="torch", copied into self.noise on the host's schedule
+        # Philox noise is drawn inside the update; torch noise is copied into self.noise on the host's schedule
+        self.philox = noise if noise is not None and noise.philox else None
         # static buffers: a captured graph reads and writes exactly these
         self.x = torch.zeros(shape, dtype=torch.float32, device=device).contiguous(
             memory_format=memory_format
@@ -50,7 +51,7 @@ class SamplingLoop:
         self.state = None if slots is None else state_buffer(slots, shape, device, memory_format)
         self.step_index = torch.zeros(1, dtype=torch.int64, device=device)
         self.sample_offset = torch.zeros((), dtype=torch.int64, device=device)
-        takes_host_noise = self.update.takes_noise and philox_seed is None
+        takes_host_noise = self.update.takes_noise and self.philox is None
         self.noise = torch.zeros_like(self.x) if takes_host_noise else None
         # bound once: step() runs per network evaluation, and attribute lookups are its host time
         self._network_input, self._apply = self.update.network_input, self.update.apply
@@ -69,15 +70,16 @@ class SamplingLoop:
         model_output = self.network(self._network_input(self.x, row), t)
         noise = None
         if self._takes_noise:
-            noise = self.noise if self.philox_seed is None else self._philox(index)
+            noise = (
+                self.noise
+                if self.philox is None
+                else self.philox.step_noise(self.sample_offset, index.squeeze(0))
+            )
         x_next, state = self._apply(model_output, self.x, row, noise, self.state)
         if state is not None:
             self.state.copy_(state)
         self.x.copy_(x_next)
         self.step_index.add_(1)
-
-    def _philox(self, index: torch.Tensor) -> PhiloxNoise:
-        return PhiloxNoise(self.philox_seed, self.sample_offset, index.squeeze(0) + 1)  # stream i + 1
 
     def start(self, x_T: torch.Tensor, sample_offset: int) -> None:
         """Reset the static buffers for a new batch from x_T."""
