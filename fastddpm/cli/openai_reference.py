@@ -57,15 +57,22 @@ def their_arguments(pipe, defaults: dict) -> dict | str:
 def _run(script_util, flags: dict, state: dict, sampler: str, device: str, dtype: str, classes, sample_shape):
     import torch
 
+    built: dict[int, tuple] = {}  # steps -> (model, diffusion), built in the untimed warm-up call
+
+    def build(steps: int) -> tuple:
+        if steps not in built:
+            model, diffusion = script_util.create_model_and_diffusion(
+                **{**flags, "timestep_respacing": str(steps)}
+            )
+            model.load_state_dict(state)
+            model.to(device)
+            if dtype == "float16":
+                model.convert_to_fp16()
+            built[steps] = (model.eval(), diffusion)
+        return built[steps]
+
     def run(batch_size: int, steps: int, generator):
-        model, diffusion = script_util.create_model_and_diffusion(
-            **{**flags, "timestep_respacing": str(steps)}
-        )
-        model.load_state_dict(state)
-        model.to(device)
-        if dtype == "float16":
-            model.convert_to_fp16()
-        model.eval()
+        model, diffusion = build(steps)  # the timed calls sample only, as fastddpm's do
         torch.manual_seed(generator.initial_seed())  # their loops draw from the global generator
         kwargs = {}
         if classes is not None:  # their image_sample.py draws the labels before x_T
