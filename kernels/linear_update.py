@@ -48,7 +48,7 @@ def _output_row(
     return acc
 
 
-@triton.jit(do_not_specialize=["seed", "sample_offset", "stream"])
+@triton.jit(do_not_specialize=["seed", "sample_offset", "noise_stream"])
 def _linear_update_kernel(
     model_output_ptr,  # (B, C, ...) network output, fp32 / fp16 / bf16, the sample's layout
     sample_ptr,  # (B, C, ...) float32 x
@@ -59,7 +59,7 @@ def _linear_update_kernel(
     next_state_ptr,  # float32 output state, laid out as state_ptr
     seed,  # NOISE_PHILOX: 64-bit key
     sample_offset,  # NOISE_PHILOX: sample index of batch row 0, an int or a pointer to a 0-d int64
-    stream,  # NOISE_PHILOX: stream counter, an int or a pointer to a 0-d int64
+    noise_stream,  # NOISE_PHILOX: stream counter, an int or a pointer to a 0-d int64
     matrix_stride,  # element stride of the coefficients
     plane,  # B * per_sample: elements of one state slot
     per_sample,  # C * spatial elements of the sample
@@ -69,7 +69,7 @@ def _linear_update_kernel(
     K: tl.constexpr,  # state slots, 0..LIN_MAX_STATE
     NOISE: tl.constexpr,  # 0 none, 1 tensor, 2 philox
     OFFSET_IN_MEMORY: tl.constexpr,  # sample_offset is a device pointer
-    STREAM_IN_MEMORY: tl.constexpr,  # stream is a device pointer
+    STREAM_IN_MEMORY: tl.constexpr,  # noise_stream is a device pointer
     CHANNELS_LAST: tl.constexpr,  # all tensors are NHWC-dense
     BLOCK: tl.constexpr,  # elements per program
 ):
@@ -92,7 +92,7 @@ def _linear_update_kernel(
             element = (position % channels) * spatial + position // channels
         else:
             element = position
-        z = sample_normal(seed, sample_offset, stream, b, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY)
+        z = sample_normal(seed, sample_offset, noise_stream, b, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY)
     else:
         z = tl.zeros([BLOCK], tl.float32)  # the reference's zeros: M[r, noise] * 0 is still added
     # Slots past K are never read (_output_row's K > k branches are compiled out); x stands in for them.

@@ -69,13 +69,13 @@ def sample_normal(
     return philox_normal(seed, element.to(tl.uint32), sample_index, stream_counter)
 
 
-@triton.jit(do_not_specialize=["seed", "sample_offset", "stream"])
+@triton.jit(do_not_specialize=["seed", "sample_offset", "noise_stream"])
 def _philox_kernel(
     words_ptr,  # uint32-as-int64 output (4, batch, per_sample) of the raw words, when WRITE_WORDS
     normal_ptr,  # float32 output (batch, per_sample)
     seed,  # 64-bit key, split by tl.philox into (low, high) words
     sample_offset,  # sample index of batch row 0: an int, or a pointer to a 0-d int64 when OFFSET_IN_MEMORY
-    stream,  # stream counter: an int, or a pointer to a 0-d int64 when STREAM_IN_MEMORY
+    noise_stream,  # stream counter: an int, or a pointer to a 0-d int64 when STREAM_IN_MEMORY
     batch,  # number of samples
     per_sample,  # elements per sample
     OFFSET_IN_MEMORY: tl.constexpr,  # read the sample offset from device memory
@@ -90,7 +90,7 @@ def _philox_kernel(
     offset = sample_row.to(tl.int64) * per_sample + element
     if WRITE_WORDS:
         sample_index = (sample_row.to(tl.int64) + load_counter(sample_offset, OFFSET_IN_MEMORY)).to(tl.uint32)
-        stream_counter = load_counter(stream, STREAM_IN_MEMORY).to(tl.uint32)
+        stream_counter = load_counter(noise_stream, STREAM_IN_MEMORY).to(tl.uint32)
         counter = element.to(tl.uint32)
         zero = counter * 0
         r0, r1, r2, r3 = tl.philox(seed, counter, sample_index + zero, stream_counter + zero, zero)
@@ -101,7 +101,9 @@ def _philox_kernel(
         tl.store(words_ptr + plane + offset, r1.to(tl.int64), mask=mask)
         tl.store(words_ptr + 2 * plane + offset, r2.to(tl.int64), mask=mask)
         tl.store(words_ptr + 3 * plane + offset, r3.to(tl.int64), mask=mask)
-    z = sample_normal(seed, sample_offset, stream, sample_row, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY)
+    z = sample_normal(
+        seed, sample_offset, noise_stream, sample_row, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY
+    )
     tl.store(normal_ptr + offset, z, mask=mask)
 
 
@@ -121,7 +123,11 @@ def counter_argument(
 
 
 def philox_arguments(noise, device: torch.device) -> dict:
-    """The kernel arguments of an ops.PhiloxNoise: seed, sample_offset, stream and where they live."""
+    """The kernel arguments of an ops.PhiloxNoise: seed, sample_offset, stream and where they live.
+
+    The stream counter is passed as ``noise_stream``: compiled Triton's launch refuses a keyword argument
+    named ``stream`` (Triton 3.6 and 3.8: "stream option is deprecated"), which the interpreter accepts.
+    """
     if not 0 <= noise.seed < 2**64:
         raise ValueError(f"kernels/philox.py: the philox seed must be in [0, 2**64), got {noise.seed}")
     sample_offset, offset_in_memory = counter_argument(noise.sample_offset, device, "sample_offset")
@@ -129,14 +135,14 @@ def philox_arguments(noise, device: torch.device) -> dict:
     return dict(
         seed=noise.seed,
         sample_offset=sample_offset,
-        stream=stream,
+        noise_stream=stream,
         OFFSET_IN_MEMORY=offset_in_memory,
         STREAM_IN_MEMORY=stream_in_memory,
     )
 
 
 # Arguments of a kernel launched without philox noise (the constexpr flags compile the noise code out).
-NO_PHILOX = dict(seed=0, sample_offset=0, stream=0, OFFSET_IN_MEMORY=False, STREAM_IN_MEMORY=False)
+NO_PHILOX = dict(seed=0, sample_offset=0, noise_stream=0, OFFSET_IN_MEMORY=False, STREAM_IN_MEMORY=False)
 
 # The sampler-step kernels' NOISE constexpr: no noise, a noise tensor, or Philox noise drawn in the kernel.
 NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2

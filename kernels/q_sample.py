@@ -17,7 +17,7 @@ from .common import EXACT_FLOAT32, FLOAT_DTYPES, is_channels_last, memory_format
 from .philox import NO_PHILOX, philox_arguments, sample_normal
 
 
-@triton.jit(do_not_specialize=["seed", "sample_offset", "stream"])
+@triton.jit(do_not_specialize=["seed", "sample_offset", "noise_stream"])
 def _q_sample_kernel(
     x0_ptr,  # (B, ...) clean samples, fp32 / fp16 / bf16
     eps_ptr,  # noise, same layout and dtype as x0: read, or written when PHILOX
@@ -26,14 +26,14 @@ def _q_sample_kernel(
     abar_ptr,  # (T,) alphas_cumprod table, float32 or float64
     seed,  # PHILOX: 64-bit key
     sample_offset,  # PHILOX: sample index of batch row 0, an int or a pointer to a 0-d int64
-    stream,  # PHILOX: stream counter, an int or a pointer to a 0-d int64
+    noise_stream,  # PHILOX: stream counter, an int or a pointer to a 0-d int64
     per_sample,  # elements per sample
     channels,  # C (the element counter of philox noise is the NCHW index)
     spatial,  # H * W
     blocks_per_sample,  # programs per sample
     PHILOX: tl.constexpr,  # draw eps in-kernel instead of reading it
     OFFSET_IN_MEMORY: tl.constexpr,  # sample_offset is a device pointer
-    STREAM_IN_MEMORY: tl.constexpr,  # stream is a device pointer
+    STREAM_IN_MEMORY: tl.constexpr,  # noise_stream is a device pointer
     CHANNELS_LAST: tl.constexpr,  # x0 is NHWC-dense (memory order != the logical NCHW order)
     BLOCK: tl.constexpr,  # elements per program
 ):
@@ -57,7 +57,7 @@ def _q_sample_kernel(
             element = (position % channels) * spatial + position // channels
         else:
             element = position
-        eps = sample_normal(seed, sample_offset, stream, b, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY)
+        eps = sample_normal(seed, sample_offset, noise_stream, b, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY)
         eps = rounded(eps, DTYPE)
         tl.store(eps_ptr + offset, eps.to(DTYPE), mask=mask)
     else:

@@ -50,7 +50,7 @@ def _coefficient(coeffs_ptr, column: tl.constexpr, stride):
     return tl.load(coeffs_ptr + column * stride)
 
 
-@triton.jit(do_not_specialize=["seed", "sample_offset", "stream", "clip_range"])
+@triton.jit(do_not_specialize=["seed", "sample_offset", "noise_stream", "clip_range"])
 def _sampler_step_kernel(
     model_output_ptr,  # (B, C or 2C, ...) network output, fp32 / fp16 / bf16, the sample's layout
     sample_ptr,  # (B, C, ...) float32 x_t
@@ -60,7 +60,7 @@ def _sampler_step_kernel(
     x0_ptr,  # output x0_hat: the model dtype for prediction "sample", else float32
     seed,  # NOISE_PHILOX: 64-bit key
     sample_offset,  # NOISE_PHILOX: sample index of batch row 0, an int or a pointer to a 0-d int64
-    stream,  # NOISE_PHILOX: stream counter, an int or a pointer to a 0-d int64
+    noise_stream,  # NOISE_PHILOX: stream counter, an int or a pointer to a 0-d int64
     clip_range,  # CLIP: x0_hat is clamped to [-clip_range, clip_range]
     coeffs_stride,  # element stride of the row
     per_sample,  # C * spatial elements of the sample
@@ -74,7 +74,7 @@ def _sampler_step_kernel(
     USE_CLIPPED: tl.constexpr,  # DDIM: recompute eps from the clipped x0_hat
     NOISE: tl.constexpr,  # 0 none, 1 tensor, 2 philox
     OFFSET_IN_MEMORY: tl.constexpr,  # sample_offset is a device pointer
-    STREAM_IN_MEMORY: tl.constexpr,  # stream is a device pointer
+    STREAM_IN_MEMORY: tl.constexpr,  # noise_stream is a device pointer
     CHANNELS_LAST: tl.constexpr,  # all tensors are NHWC-dense
     BLOCK: tl.constexpr,  # elements per program
 ):
@@ -152,7 +152,9 @@ def _sampler_step_kernel(
                 element = (position % channels) * spatial + position // channels
             else:
                 element = position
-            z = sample_normal(seed, sample_offset, stream, b, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY)
+            z = sample_normal(
+                seed, sample_offset, noise_stream, b, element, OFFSET_IN_MEMORY, STREAM_IN_MEMORY
+            )
         if VARIANCE == 0:
             std = _coefficient(coeffs_ptr, 4, coeffs_stride)
         else:

@@ -98,6 +98,26 @@ def test_noise_statistics_mean_variance_and_independence():
     assert abs(_correlation(draws[:, :-1], draws[:, 1:])) < bound, "neighbouring elements correlated"
 
 
+def test_no_kernel_parameter_is_a_keyword_the_compiled_launch_takes_for_itself():
+    # Compiled Triton's launch asserts that no keyword argument is named stream, device or device_type and
+    # reads its compile options (num_warps, debug, ...) from the same keywords; the interpreter checks
+    # neither. The philox counter was a parameter `stream`, passed by keyword: every kernel with noise
+    # would have failed its first launch on a GPU ("stream option is deprecated"), found by
+    # bench/triton_compile_cost.py, which binds the GPU tests' launches with the compiled JIT's own code.
+    import dataclasses
+
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    taken = {"stream", "device", "device_type"} | {field.name for field in dataclasses.fields(CUDAOptions)}
+    kernels = []
+    for module in ("philox", "q_sample", "sampler_step", "linear_update", "group_norm"):
+        for name, fn in vars(backend_triton.kernel_module(module)).items():
+            if name.endswith("_kernel") and hasattr(fn, "arg_names"):
+                kernels.append(name)
+                assert not taken & set(fn.arg_names), f"{module}.{name}: {sorted(taken & set(fn.arg_names))}"
+    assert len(kernels) == 7, kernels
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("seed, sample_offset, stream", COUNTER_CASES)
 def test_cuda_noise_matches_noise_py_at_cifar_batch(seed, sample_offset, stream):

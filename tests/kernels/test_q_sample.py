@@ -189,7 +189,7 @@ def compile(module, kernel, signature, constexprs, options=None):
     signature = {**signature, **{name: "constexpr" for name in constexprs}}
     indexed = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
     return triton.compile(ASTSource(fn, signature, indexed), target=GPUTarget("cuda", 90, 32), options=options)
-i32, counters = "i32", dict(seed="u64", sample_offset="*i64", stream="i64")
+i32, counters = "i32", dict(seed="u64", sample_offset="*i64", noise_stream="i64")
 in_memory = dict(OFFSET_IN_MEMORY=True, STREAM_IN_MEMORY=False)
 compile("philox", "_philox_kernel", dict(words_ptr="*i64", normal_ptr="*fp32", **counters, batch=i32, per_sample=i32),
         dict(**in_memory, WRITE_WORDS=True, BLOCK=1024))
