@@ -17,13 +17,25 @@ TORCH_LIBRARY(fastddpm, m) {
       "Tensor? scale, Tensor? shift, bool silu) -> Tensor");
   m.def("attention(Tensor q, Tensor k, Tensor v, float scale) -> Tensor");
   // CPU only: on CUDA, cuDNN's own convolutions (Winograd among them) are what nn.Conv2d already uses.
-  m.def("winograd_conv3x3(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int tile) -> Tensor");
+  m.def(
+      "winograd_conv3x3(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int tile, int out_channels) "
+      "-> Tensor");
+  // CPU only: batch-invariant matrix products (csrc/matmul_rows.h) for the linear layers and 1x1 convolutions.
+  m.def("pack_matmul_weight(Tensor weight) -> Tensor");
+  m.def(
+      "matmul_rows(Tensor x, Tensor packed, int n, Tensor? bias, Tensor? residual, bool input_silu, "
+      "float divisor) -> Tensor");
+  // CPU only: philox_normal's Box-Muller with one code path for every element (csrc/box_muller_cpu.cpp).
+  m.def("box_muller(Tensor r0, Tensor r1) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastddpm, CPU, m) {
   m.impl("group_norm", &fastddpm::group_norm_cpu);
   m.impl("attention", &fastddpm::attention_cpu);
   m.impl("winograd_conv3x3", &fastddpm::winograd_conv3x3_cpu);
+  m.impl("pack_matmul_weight", &fastddpm::pack_matmul_weight_cpu);
+  m.impl("matmul_rows", &fastddpm::matmul_rows_cpu);
+  m.impl("box_muller", &fastddpm::box_muller_cpu);
 }
 
 #ifdef FASTDDPM_WITH_CUDA
@@ -58,6 +70,9 @@ PyMODINIT_FUNC PyInit__C(void) {
   // The vector instruction set the CPU kernels were compiled for: backend_ext refuses the CPU kernels on a
   // machine that lacks it instead of dying of an illegal instruction.
   PyModule_AddStringConstant(module, "cpu_capability", FASTDDPM_CPU_CAPABILITY);
+  // Columns per packed panel of pack_matmul_weight (two vectors of the compiled ISA): the fake kernels'
+  // shapes under torch.compile come from it.
+  PyModule_AddIntConstant(module, "matmul_panel_width", static_cast<long>(fastddpm::matmul_panel_width()));
 #ifdef FASTDDPM_WITH_CUDA
   PyModule_AddIntConstant(module, "compiled_with_cuda", 1);
 #else

@@ -173,12 +173,17 @@ inline void accumulate_pixel(const T* row, const float* add, const float* shift,
   }
 }
 
+// Pixels per statistics task in channels-last: 128 gives a 32x32 image 8 tasks and a 16x16 one 2.
+constexpr int64_t kStatisticsChunkPixels = 128;
+
 template <typename T>
 void group_norm_channels_last(const T* x, T* y, const GroupNormShape& s, const Params& p) {
   const int64_t C = s.channels, pixels = s.pixels, per_group = C / s.groups;
   const float count = static_cast<float>(per_group * pixels);
-  // Pixel chunks per sample, so that batch 1 still uses every thread for the statistics.
-  const int64_t chunks = std::min<int64_t>(pixels, std::max<int64_t>(1, at::get_num_threads() / s.batch));
+  // Pixel chunks per sample, so that batch 1 still uses several threads for the statistics. Their number
+  // comes from the image alone, never from the batch or the thread count: a sample's sums are then added in
+  // the same order whatever it is normalised with (batch-invariant sampling, see README).
+  const int64_t chunks = (pixels + kStatisticsChunkPixels - 1) / kStatisticsChunkPixels;
   const int64_t tasks = s.batch * chunks;
   std::vector<float> zeros(C, 0.f);
   std::vector<float> partial_sum(tasks * C, 0.f), partial_sq(tasks * C, 0.f);

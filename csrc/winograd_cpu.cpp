@@ -9,14 +9,15 @@
 // is added. Per output pixel this is (m+2)^2 / m^2 multiply-adds per (C, C_out) pair instead of 9: 4 for
 // m = 2 (2.25x fewer), 2.25 for m = 4 (4x fewer).
 //
-// Three passes per chunk of tiles: input transform (vectorised over C, parallel over tiles), one batched
-// sgemm (torch's bmm, so MKL does the heavy part: about 70% of the time at cifar10-32 shapes), output
-// transform (vectorised over C_out, parallel over tiles). The transforms only add, subtract and scale by
+// Three passes per chunk of tiles: input transform (vectorised over C, parallel over tiles), the (m+2)^2
+// matrix products (matmul_rows.h: each sum in a fixed order, so a tile's result does not depend on how many
+// tiles of how many samples share the chunk; about 70% of the time at cifar10-32 shapes), output transform
+// (vectorised over C_out, parallel over tiles). Every pass computes a tile from that tile's inputs alone,
+// in an order set by the channel counts: the convolution is batch-invariant. The transforms only add, subtract and scale by
 // small powers of two, written out by hand: a generic matrix product would multiply by the zeros too (the
 // compiler may not drop x * 0.f).
 
 #include <ATen/Parallel.h>
-#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 
 #include <c10/util/Exception.h>
@@ -25,6 +26,7 @@
 
 #include "cpu_vec_io.h"
 #include "fastddpm_ops.h"
+#include "matmul_rows.h"
 
 namespace fastddpm {
 namespace {
@@ -168,6 +170,25 @@ int64_t chunk_tiles(int64_t bytes_per_tile, int64_t tiles) {
   return std::min(tiles, std::max<int64_t>(32, kBudget / bytes_per_tile));
 }
 
+// (A*A, rows, C_out) m = (A*A, rows, C) v @ the packed (A*A, panels, C, kPanel) weight, one task per
+// (position, row block, panel group).
+void transform_domain_products(const float* v, const float* packed, float* m, int64_t positions, int64_t rows,
+                               const Geometry& g) {
+  const int64_t panel_count = matmul::panels(g.c_out);
+  const int64_t tasks = matmul::task_count(rows, g.c_out);
+  at::parallel_for(0, positions * tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t p = task / tasks;
+      float* out = m + p * rows * g.c_out;
+      const auto store = [&](int64_t row, int64_t column, const float* acc, int64_t count) {
+        std::copy(acc, acc + count, out + row * g.c_out + column);
+      };
+      matmul::gemm_tasks(v + p * rows * g.c, g.c, rows, g.c, packed + p * panel_count * g.c * matmul::kPanel,
+                         g.c_out, store, task % tasks, task % tasks + 1);
+    }
+  });
+}
+
 // The three passes of F(M x M, 3 x 3) over all tiles, chunk by chunk, for activations (x, residual, y) of
 // type T.
 template <int M, typename T>
@@ -187,14 +208,14 @@ void winograd_passes(
   at::Tensor m = at::empty({a * a, chunk, g.c_out}, options);
   const T* x_data = x.const_data_ptr<T>();
   T* y_data = y.mutable_data_ptr<T>();
+  float* v_data = v.mutable_data_ptr<float>();
+  float* m_data = m.mutable_data_ptr<float>();
   for (int64_t first = 0; first < g.tiles; first += chunk) {
-    const int64_t rows = std::min(chunk, g.tiles - first);
     // The last chunk may have fewer rows: the front of the same buffers, as (A*A, rows, .) matrices.
-    at::Tensor v_rows = v.view(-1).narrow(0, 0, a * a * rows * g.c).view({a * a, rows, g.c});
-    at::Tensor m_rows = m.view(-1).narrow(0, 0, a * a * rows * g.c_out).view({a * a, rows, g.c_out});
-    input_transform<M>(x_data, v_rows.mutable_data_ptr<float>(), g, first, rows);
-    at::bmm_out(m_rows, v_rows, weight);  // (A*A, rows, C) @ (A*A, C, C_out), float32
-    output_transform<M>(m_rows.const_data_ptr<float>(), bias, residual, y_data, g, first, rows);
+    const int64_t rows = std::min(chunk, g.tiles - first);
+    input_transform<M>(x_data, v_data, g, first, rows);
+    transform_domain_products(v_data, weight.const_data_ptr<float>(), m_data, a * a, rows, g);
+    output_transform<M>(m_data, bias, residual, y_data, g, first, rows);
   }
 }
 
@@ -205,7 +226,8 @@ at::Tensor winograd_conv3x3_cpu(
     const at::Tensor& weight,
     const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& residual,
-    int64_t tile) {
+    int64_t tile,
+    int64_t out_channels) {
   TORCH_CHECK(tile == 2 || tile == 4, "winograd_conv3x3: tile must be 2 or 4, got ", tile);
   const int64_t a = tile + 2;
   const auto dtype = x.scalar_type();
@@ -215,11 +237,13 @@ at::Tensor winograd_conv3x3_cpu(
       "winograd_conv3x3: x must be a float32, bfloat16 or float16 (N, C, H, W) tensor in channels_last, got ",
       x.sizes(), " ", dtype);
   TORCH_CHECK(
-      weight.dim() == 3 && weight.size(0) == a * a && weight.size(1) == x.size(1) &&
-          weight.scalar_type() == at::kFloat && weight.is_contiguous(),
-      "winograd_conv3x3: weight must be the contiguous float32 transformed weight (", a * a, ", ", x.size(1),
-      ", C_out), got ", weight.sizes());
-  Geometry g{x.size(0), x.size(2), x.size(3), x.size(1), weight.size(2), 0, 0, 0};
+      weight.dim() == 4 && weight.size(0) == a * a && weight.size(1) == matmul::panels(out_channels) &&
+          weight.size(2) == x.size(1) && weight.size(3) == matmul::kPanel && weight.scalar_type() == at::kFloat &&
+          weight.is_contiguous(),
+      "winograd_conv3x3: weight must be the packed float32 transformed weight (", a * a, ", ",
+      matmul::panels(out_channels), ", ", x.size(1), ", ", matmul::kPanel, ") for ", out_channels,
+      " output channels, got ", weight.sizes());
+  Geometry g{x.size(0), x.size(2), x.size(3), x.size(1), out_channels, 0, 0, 0};
   g.tiles_h = (g.h + tile - 1) / tile;
   g.tiles_w = (g.w + tile - 1) / tile;
   g.tiles = g.n * g.tiles_h * g.tiles_w;

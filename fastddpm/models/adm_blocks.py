@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastddpm import ops
+from fastddpm.models import batch_invariant
 from fastddpm.models.conv import Conv2d
 from fastddpm.models.unet_blocks import concat_parameters
 from fastddpm.ops import cpu_emulation
@@ -127,9 +128,39 @@ class AttentionBlock(nn.Module):
         self.new_order = new_order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if batch_invariant.applies(x):
+            return self._attend_rows(x)
         if cpu_emulation.computes_in_float32(x):
             return self._attend(x.float(), torch.float32).to(x.dtype)
         return self._attend(x, None)
+
+    def _attend_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The block with batch-invariant projections (fastddpm.models.batch_invariant), in float32, in
+        their order: x + proj_out(attention)."""
+        dtype = None if x.dtype == torch.float32 else torch.float32
+        x32 = x.float()
+        batch, channels, height, width = x.shape
+        length, heads, head_dim = height * width, self.heads, self.head_dim
+        norm = self.norm
+        h = ops.group_norm(
+            x32,
+            GROUPS,
+            self._matrix("norm_w", norm.weight, dtype),
+            self._matrix("norm_b", norm.bias, dtype),
+            EPS,
+        )
+        tokens = h.permute(0, 2, 3, 1).reshape(batch, length, channels)  # a view for channels_last
+        qkv = batch_invariant.linear(self, "qkv", tokens, [self.qkv.weight[:, :, 0]], [self.qkv.bias])
+        if self.new_order:
+            q, k, v = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q, k, v = qkv.view(batch, length, heads, 3, head_dim).permute(3, 0, 2, 1, 4).unbind(0)
+        o = ops.attention(q, k, v, head_dim**-0.5).transpose(1, 2).reshape(batch, length, channels)
+        residual = x32.permute(0, 2, 3, 1).reshape(batch, length, channels)
+        out = batch_invariant.linear(
+            self, "proj", o, [self.proj_out.weight[:, :, 0]], [self.proj_out.bias], residual=residual
+        )
+        return out.view(batch, height, width, channels).permute(0, 3, 1, 2).to(x.dtype)
 
     def _matrix(self, key: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         if tensor.dim() == 3:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastddpm.models import batch_invariant
 from fastddpm.models.adm_blocks import AttentionBlock, Downsample, ResBlock, Upsample, group_norm
 from fastddpm.models.conv import Conv2d
 from fastddpm.models.unet import timestep_frequencies
@@ -162,8 +163,16 @@ class AdmUNet(nn.Module):
         self, sample: torch.Tensor, timestep: torch.Tensor | float, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         first, last = self.time_embed[0], self.time_embed[2]
-        t_in = self.time_embedding_input(timestep, sample.shape[0], sample.device).to(self.dtype)
-        emb = last(F.silu(first(t_in)))
+        batch = sample.shape[0]
+        invariant = batch_invariant.applies(sample)
+        # One timestep for the whole batch: embedded once, at one row, and broadcast (batch_invariant).
+        shared = invariant and (not torch.is_tensor(timestep) or timestep.numel() == 1)
+        t_in = self.time_embedding_input(timestep, 1 if shared else batch, sample.device).to(self.dtype)
+        if invariant:
+            h = batch_invariant.linear(self, "time_embed_0", t_in, [first.weight], [first.bias])
+            emb = batch_invariant.linear(self, "time_embed_2", h, [last.weight], [last.bias], input_silu=True)
+        else:
+            emb = last(F.silu(first(t_in)))
         if self.label_emb is not None:
             if class_labels is None:
                 raise ValueError("class_labels is required: this ADM model is class-conditional (class_cond)")
@@ -173,9 +182,15 @@ class AdmUNet(nn.Module):
 
         # Each ResBlock's emb_layers = Linear(SiLU(emb)); one matmul serves them all.
         projections = [r.emb_layers[1] for r in self._resblocks]
-        weight = concat_parameters(self, "emb_weight", [p.weight for p in projections])
-        bias = concat_parameters(self, "emb_bias", [p.bias for p in projections])
-        embs = list(torch.split(F.linear(F.silu(emb), weight, bias), self._emb_sizes, dim=1))
+        if invariant:
+            weights, biases = [p.weight for p in projections], [p.bias for p in projections]
+            projected = batch_invariant.linear(self, "emb", emb, weights, biases, input_silu=True)
+            projected = projected.expand(batch, -1).contiguous() if projected.shape[0] != batch else projected
+        else:
+            weight = concat_parameters(self, "emb_weight", [p.weight for p in projections])
+            bias = concat_parameters(self, "emb_bias", [p.bias for p in projections])
+            projected = F.linear(F.silu(emb), weight, bias)
+        embs = list(torch.split(projected, self._emb_sizes, dim=1))
         embs.reverse()  # blocks pop() them in forward order
 
         skips = []

@@ -48,8 +48,10 @@ import os
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from fastddpm.models import batch_invariant
 from fastddpm.ops import backend_ext, cpu_emulation
 
 CPU_ALGORITHMS = ("auto", "winograd4", "winograd2", "direct")
@@ -83,6 +85,7 @@ _WEIGHT_TRANSFORMS = {
 # outside the module so copy.deepcopy and pickling of the network never meet an opaque oneDNN tensor.
 _reordered: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _transformed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # batch-invariant 1x1 / image-to-column
 
 
 def cpu_algorithm() -> str:
@@ -94,11 +97,12 @@ def cpu_algorithm() -> str:
 
 
 def winograd_weight(weight: torch.Tensor, tile: int) -> torch.Tensor:
-    """G g G^T of a (C_out, C, 3, 3) weight as a contiguous float32 ((tile + 2)^2, C, C_out) tensor."""
+    """G g G^T of a (C_out, C, 3, 3) weight, as ((tile + 2)^2, C, C_out) float32 matrices packed for
+    fastddpm._C's batch-invariant matrix product (pack_matmul_weight)."""
     g = torch.tensor(_WEIGHT_TRANSFORMS[tile], dtype=torch.float64)
     c_out, c = weight.shape[:2]
     transformed = torch.einsum("ik,ockl,jl->ijco", g, weight.detach().double(), g)
-    return transformed.reshape((tile + 2) ** 2, c, c_out).float().contiguous()
+    return backend_ext.pack_matmul_weight(transformed.reshape((tile + 2) ** 2, c, c_out).float())
 
 
 def _onednn_available() -> bool:
@@ -107,6 +111,8 @@ def _onednn_available() -> bool:
 
 class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self._batch_invariant_path(x):
+            return self._batch_invariant(x, residual)
         if not self._fast_cpu_path(x):
             out = super().forward(x)
         elif tile := self._winograd_tile(x):
@@ -140,6 +146,51 @@ class Conv2d(nn.Conv2d):
             and self.kernel_size != (1, 1)
             and _onednn_available()
         )
+
+    def _batch_invariant_path(self, x: torch.Tensor) -> bool:
+        return (
+            x.dim() == 4
+            and self.weight.dtype == x.dtype
+            and self.groups == 1
+            and self.dilation == (1, 1)
+            and self.padding_mode == "zeros"
+            and isinstance(self.padding, tuple)
+            and batch_invariant.applies(x)
+        )
+
+    def _batch_invariant(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """conv(x) + residual with each sample's numbers independent of the batch (fastddpm.models.
+        batch_invariant): Winograd for 3x3 / stride 1 / padding 1, fastddpm._C's matmul_rows for the rest
+        (1x1 directly on the NHWC pixels, others on image-to-column patches). NHWC out."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1):
+            algorithm = cpu_algorithm()
+            if algorithm == "winograd2" or algorithm == "winograd4":
+                tile = 2 if algorithm == "winograd2" else 4
+            else:  # by the image's size, as _winograd_tile; "direct" (oneDNN) would choose by the batch
+                tile = 4 if min(x.shape[2], x.shape[3]) >= WINOGRAD4_MIN_SIZE else 2
+            if residual is not None:
+                residual = residual.contiguous(memory_format=torch.channels_last)
+            return self._winograd(x, residual, tile)
+        pixels = x.permute(0, 2, 3, 1)  # (N, H, W, C), a view of the NHWC tensor
+        if self.kernel_size != (1, 1) or self.stride != (1, 1) or self.padding != (0, 0):
+            (pad_h, pad_w), (kernel_h, kernel_w) = self.padding, self.kernel_size
+            padded = F.pad(pixels, (0, 0, pad_w, pad_w, pad_h, pad_h))
+            patches = padded.unfold(1, kernel_h, self.stride[0]).unfold(2, kernel_w, self.stride[1])
+            pixels = patches.reshape(*patches.shape[:3], -1)  # (N, H', W', C * kh * kw), weight's order
+        key = (self._parameter_stamp(), "rows")
+        cached = _packed.get(self)
+        if cached is None or cached[0] != key:
+            weight = self.weight.detach().float().reshape(self.out_channels, -1).t()
+            bias32 = None if self.bias is None else self.bias.detach().float().contiguous()
+            cached = (key, backend_ext.pack_matmul_weight(weight), bias32)
+            _packed[self] = cached
+        fuse = residual is not None and residual.dtype == x.dtype
+        res = residual.permute(0, 2, 3, 1) if fuse else None
+        out = backend_ext.matmul_rows(pixels, cached[1], self.out_channels, cached[2], res).permute(
+            0, 3, 1, 2
+        )
+        return out + residual if residual is not None and not fuse else out
 
     def _winograd_tile(self, x: torch.Tensor) -> int:
         """4 or 2 for the Winograd path, 0 for the direct one."""
@@ -179,7 +230,9 @@ class Conv2d(nn.Conv2d):
             and residual.shape == (x.shape[0], self.out_channels, x.shape[2], x.shape[3])
             and residual.is_contiguous(memory_format=torch.channels_last)
         )
-        out = backend_ext.winograd_conv3x3(x, cached[1], cached[2], residual if fuse else None, tile)
+        out = backend_ext.winograd_conv3x3(
+            x, cached[1], cached[2], residual if fuse else None, tile, self.out_channels
+        )
         return out + residual if residual is not None and not fuse else out
 
     def _direct(self, x: torch.Tensor) -> torch.Tensor:

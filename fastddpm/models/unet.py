@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastddpm import ops
+from fastddpm.models import batch_invariant
 from fastddpm.models.conv import Conv2d
 from fastddpm.models.unet_blocks import DownBlock, MidBlock, UpBlock, concat_parameters, drop_fused_caches
 from fastddpm.models.unet_config import DOWN_BLOCKS, UP_BLOCKS, normalise_config
@@ -37,6 +38,11 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(out_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if batch_invariant.applies(x):
+            h = batch_invariant.linear(self, "linear_1", x, [self.linear_1.weight], [self.linear_1.bias])
+            return batch_invariant.linear(
+                self, "linear_2", h, [self.linear_2.weight], [self.linear_2.bias], input_silu=True
+            )
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
@@ -206,8 +212,13 @@ class UNet2D(nn.Module):
     ) -> torch.Tensor:
         if self.config["center_input_sample"]:
             sample = 2 * sample - 1.0
+        batch = sample.shape[0]
+        invariant = batch_invariant.applies(sample)
+        # One timestep for the whole batch (as samplers give it): its embedding and MLP computed once, at
+        # one row, and broadcast, so no sample's embedding depends on how many rows the products had.
+        shared = invariant and (not torch.is_tensor(timestep) or timestep.numel() == 1)
         emb = self.time_embedding(
-            self.time_embedding_input(timestep, sample.shape[0], sample.device).to(self.dtype)
+            self.time_embedding_input(timestep, 1 if shared else batch, sample.device).to(self.dtype)
         )
         if self.class_embedding is not None:
             if class_labels is None:
@@ -222,9 +233,15 @@ class UNet2D(nn.Module):
 
         # diffusers applies SiLU to emb before each resnet's time_emb_proj; one matmul does all of them.
         projections = [r.time_emb_proj for r in self._resnets_in_order]
-        weight = concat_parameters(self, "temb_weight", [projection.weight for projection in projections])
-        bias = concat_parameters(self, "temb_bias", [projection.bias for projection in projections])
-        tembs = list(torch.split(F.linear(F.silu(emb), weight, bias), self._temb_sizes, dim=1))
+        if invariant:
+            weights, biases = [p.weight for p in projections], [p.bias for p in projections]
+            projected = batch_invariant.linear(self, "temb", emb, weights, biases, input_silu=True)
+            projected = projected.expand(batch, -1).contiguous() if projected.shape[0] != batch else projected
+        else:
+            weight = concat_parameters(self, "temb_weight", [projection.weight for projection in projections])
+            bias = concat_parameters(self, "temb_bias", [projection.bias for projection in projections])
+            projected = F.linear(F.silu(emb), weight, bias)
+        tembs = list(torch.split(projected, self._temb_sizes, dim=1))
         tembs.reverse()  # blocks pop() them in forward order
 
         h = self.conv_in(sample)

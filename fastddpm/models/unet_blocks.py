@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastddpm import ops
+from fastddpm.models import batch_invariant
 from fastddpm.models.conv import Conv2d
 from fastddpm.ops import cpu_emulation
 
@@ -128,9 +129,12 @@ class AttentionBlock(nn.Module):
         self.heads = channels // head_dim
         self.head_dim = head_dim
         self.scale = head_dim**-0.5
+        self.rescale = rescale
         self.inverse_rescale = 1.0 / rescale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if batch_invariant.applies(x):
+            return self._attend_rows(x)
         if cpu_emulation.computes_in_float32(x):
             return self._attend(x.float(), torch.float32).to(x.dtype)
         return self._attend(x, None)
@@ -176,6 +180,33 @@ class AttentionBlock(nn.Module):
             x.reshape(batch, channels, length), weight_out, o.transpose(1, 2), beta=beta, alpha=alpha
         )
         return (out + out_bias.view(1, channels, 1) * alpha).view(batch, channels, height, width)
+
+    def _attend_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The block with batch-invariant projections (fastddpm.models.batch_invariant), in float32, in
+        diffusers' order: (to_out(o) + x) / rescale_output_factor."""
+        dtype = None if x.dtype == torch.float32 else torch.float32
+        x32 = x.float()
+        batch, channels, height, width = x.shape
+        length = height * width
+        h = x32
+        if self.group_norm is not None:
+            norm = self.group_norm
+            norm_weight = self._parameter("norm_weight", [norm.weight], dtype)
+            norm_bias = self._parameter("norm_bias", [norm.bias], dtype)
+            h = ops.group_norm(x32, norm.num_groups, norm_weight, norm_bias, norm.eps)
+        tokens = h.permute(0, 2, 3, 1).reshape(batch, length, channels)  # a view for channels_last
+        projections = (self.to_q, self.to_k, self.to_v)
+        qkv = batch_invariant.linear(
+            self, "qkv", tokens, [p.weight for p in projections], [p.bias for p in projections]
+        ).view(batch, length, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, D)
+        o = ops.attention(q, k, v, self.scale).transpose(1, 2).reshape(batch, length, channels)
+        residual = x32.permute(0, 2, 3, 1).reshape(batch, length, channels)
+        out_proj = self.to_out[0]
+        out = batch_invariant.linear(
+            self, "out", o, [out_proj.weight], [out_proj.bias], residual=residual, divisor=self.rescale
+        )
+        return out.view(batch, height, width, channels).permute(0, 3, 1, 2).to(x.dtype)
 
 
 class Downsample2D(nn.Module):

@@ -16,7 +16,9 @@ from types import ModuleType
 import torch
 
 OPS = ("group_norm", "attention")  # the ops with a CPU and a CUDA kernel
-CPU_ONLY_OPS = ("winograd_conv3x3",)  # used by fastddpm.models.conv.Conv2d, not by ops' dispatch
+# Used directly by fastddpm.models (convolutions, matrix products) and fastddpm.ops.noise (Box-Muller), not
+# through ops' dispatch.
+CPU_ONLY_OPS = ("winograd_conv3x3", "pack_matmul_weight", "matmul_rows", "box_muller")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 512  # csrc/attention_args.h kMaxHeadDim
 # fastddpm._C.cpu_capability (what setup.py compiled the CPU kernels for) against what torch detects here.
@@ -134,9 +136,23 @@ def _register_fakes() -> None:
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("fastddpm::winograd_conv3x3")
-    def _winograd_conv3x3_fake(x, weight, bias, residual, tile):
+    def _winograd_conv3x3_fake(x, weight, bias, residual, tile, out_channels):
         n, _, h, w = x.shape
-        return x.new_empty((n, weight.shape[2], h, w)).contiguous(memory_format=torch.channels_last)
+        return x.new_empty((n, out_channels, h, w)).contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("fastddpm::pack_matmul_weight")
+    def _pack_matmul_weight_fake(weight):
+        *lead, k, n = weight.shape
+        width = _load().matmul_panel_width
+        return weight.new_empty((*lead, -(-n // width), k, width), dtype=torch.float32)
+
+    @torch.library.register_fake("fastddpm::matmul_rows")
+    def _matmul_rows_fake(x, packed, n, bias, residual, input_silu, divisor):
+        return x.new_empty((*x.shape[:-1], n))
+
+    @torch.library.register_fake("fastddpm::box_muller")
+    def _box_muller_fake(r0, r1):
+        return r0.new_empty(r0.shape, dtype=torch.float32)
 
     _fakes_registered = True
 
@@ -351,16 +367,50 @@ def why_not_winograd_conv3x3(x: torch.Tensor) -> list[str]:
     return reasons
 
 
+def cpu_kernels_usable() -> bool:
+    """Whether fastddpm._C is loaded and this CPU has the instruction set its CPU kernels were built for."""
+    extension = _load()
+    return extension is not None and (
+        _CPU_CAPABILITY_RANK.get(torch.backends.cpu.get_cpu_capability(), 0)
+        >= _CPU_CAPABILITY_RANK[extension.cpu_capability]
+    )
+
+
+def box_muller(r0: torch.Tensor, r1: torch.Tensor) -> torch.Tensor:
+    """fastddpm.ops.noise.normal_from_bits on the CPU, every element through one code path (CPU)."""
+    return torch.ops.fastddpm.box_muller(r0, r1)
+
+
 def winograd_conv3x3(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor | None,
     tile: int,
+    out_channels: int,
 ) -> torch.Tensor:
-    """3x3 convolution (stride 1, padding 1) by Winograd F(tile x tile, 3 x 3); weight is the transformed
-    (tile + 2)^2 x C x C_out weight of fastddpm.models.conv.winograd_weight; + bias, + residual when given."""
-    return torch.ops.fastddpm.winograd_conv3x3(x, weight, bias, residual, int(tile))
+    """3x3 convolution (stride 1, padding 1) by Winograd F(tile x tile, 3 x 3); weight is the packed,
+    transformed weight of fastddpm.models.conv.winograd_weight; + bias, + residual when given."""
+    return torch.ops.fastddpm.winograd_conv3x3(x, weight, bias, residual, int(tile), int(out_channels))
+
+
+def pack_matmul_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A (K, N) or (P, K, N) matrix packed for matmul_rows (float32 panels of _C.matmul_panel_width columns)."""
+    return torch.ops.fastddpm.pack_matmul_weight(weight)
+
+
+def matmul_rows(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    input_silu: bool = False,
+    divisor: float = 1.0,
+) -> torch.Tensor:
+    """(act(x) @ W + bias + residual) / divisor over x's last dimension, W packed by pack_matmul_weight,
+    act = SiLU when input_silu; every element summed in one order whatever x's leading shape (CPU)."""
+    return torch.ops.fastddpm.matmul_rows(x, packed, int(out_features), bias, residual, input_silu, divisor)
 
 
 # Whoever imported fastddpm._C directly and met torch's "import 'fastddpm.ops.backend_ext' to load the fake

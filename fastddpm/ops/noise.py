@@ -63,7 +63,17 @@ def philox4x32(
 
 
 def normal_from_bits(r0: torch.Tensor, r1: torch.Tensor) -> torch.Tensor:
-    """Box-Muller (cosine branch) of two uint32 words held in int64 tensors, in float32."""
+    """Box-Muller (cosine branch) of two uint32 words held in int64 tensors, in float32.
+
+    On the CPU, fastddpm._C's box_muller when it is built: torch's log and cos compute a thread's last few
+    elements with scalar code that can differ from the vector code in the last bit, and which elements those
+    are depends on the tensor's size, so a sample's noise would depend on its batch. The extension's kernel
+    takes every element through the vector code."""
+    if r0.device.type == "cpu" and not torch.compiler.is_compiling():
+        from fastddpm.ops import backend_ext  # not at import: backend_ext loads the extension
+
+        if backend_ext.cpu_kernels_usable():
+            return backend_ext.box_muller(r0, r1)
     u1 = ((r0 >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
     u2 = (r1 >> 8).to(torch.float32) * (1.0 / 16777216.0)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(TWO_PI * u2)

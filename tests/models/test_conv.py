@@ -22,6 +22,13 @@ needs_ext = pytest.mark.skipif(
 WINOGRAD_RELATIVE_ERROR = {2: 3e-6, 4: 2e-5}
 
 
+@pytest.fixture(autouse=True)
+def batch_variant_paths(monkeypatch):
+    """These tests are about the oneDNN and auto-selected paths, which the batch-invariant mode (on by
+    default, tests/models/test_batch_invariant_layers.py) bypasses."""
+    monkeypatch.setenv("FASTDDPM_BATCH_INVARIANT", "0")
+
+
 def pair(in_channels=6, out_channels=10, **kwargs):
     reference = nn.Conv2d(in_channels, out_channels, **kwargs)
     ours = conv.Conv2d(in_channels, out_channels, **kwargs)
@@ -273,13 +280,15 @@ def test_op_checks_its_arguments(change, message):
     if change.get("x") == "nchw":
         args["x"] = x.contiguous()
     if change.get("weight") == "short":
-        args["weight"] = args["weight"][:, :8].contiguous()
+        args["weight"] = args["weight"][:, :, :8].contiguous()
     if change.get("bias") == "long":
         args["bias"] = torch.zeros(9)
     if change.get("residual") == "small":
         args["residual"] = residual[:1].contiguous(memory_format=torch.channels_last)
     with pytest.raises(RuntimeError, match=message):
-        torch.ops.fastddpm.winograd_conv3x3(args["x"], args["weight"], args["bias"], args["residual"], tile)
+        torch.ops.fastddpm.winograd_conv3x3(
+            args["x"], args["weight"], args["bias"], args["residual"], tile, module.out_channels
+        )
 
 
 @needs_ext
@@ -289,7 +298,7 @@ def test_fake_kernel_and_schema_pass_opcheck():
     for res in (None, residual):
         torch.library.opcheck(
             torch.ops.fastddpm.winograd_conv3x3.default,
-            (x, weight, module.bias.detach(), res, 4),
+            (x, weight, module.bias.detach(), res, 4, module.out_channels),
             test_utils=("test_schema", "test_faketensor"),
         )
 
@@ -319,7 +328,7 @@ def test_winograd_op_matches_a_float64_convolution_on_any_shape(
     b = torch.randn(c_out, generator=gen) if bias else None
     r = torch.randn(n, c_out, h, w, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
     out = torch.ops.fastddpm.winograd_conv3x3(
-        x, conv.winograd_weight(weight, tile), b, r if residual else None, tile
+        x, conv.winograd_weight(weight, tile), b, r if residual else None, tile, c_out
     )
     assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
     expected = F.conv2d(x.double(), weight.double(), None if b is None else b.double(), padding=1)
