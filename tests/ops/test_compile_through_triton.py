@@ -20,6 +20,9 @@ SCRIPT = """
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 os.environ["FASTDDPM_BACKEND"] = "triton"
+# Compiled code takes the batch-variant layers (inductor generates its own); the eager call that decides
+# the backends must take the same ones.
+os.environ["FASTDDPM_BATCH_INVARIANT"] = "0"
 import torch
 from fastddpm import ops
 from tests.model_factory import random_fastddpm_unet, small_cifar10_config
