@@ -125,6 +125,7 @@ def test_cpu_conv3x3(benchmark, impl, batch, channels, size, out_channels, monke
     module.load_state_dict(reference.state_dict())
     if impl != "nn.Conv2d":
         monkeypatch.setenv("FASTDDPM_CPU_CONV", impl)
+        monkeypatch.setenv("FASTDDPM_BATCH_INVARIANT", "0")  # else "direct" would be Winograd's too
     x = torch.randn(batch, channels, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
     benchmark.group = f"conv3x3 cpu float32 {(batch, channels, size, size)} -> {out_channels}"
     with torch.no_grad():
@@ -136,3 +137,30 @@ def test_cpu_conv3x3(benchmark, impl, batch, channels, size, out_channels, monke
     if stats:
         flops = 2 * 9 * batch * size * size * channels * out_channels  # direct convolution's count
         benchmark.extra_info["GFLOP/s (direct count)"] = round(flops / stats.stats.mean / 1e9, 1)
+
+
+# The U-Net's matrix products, (rows, K, N): the time-embedding MLP at one row (the embedding is computed
+# once per step) and its fused projections into every ResNet block (cifar10-32: 5632 columns); the
+# attention block's QKV and output projections at 16x16 (batch 1 and 8); a 1x1 shortcut at 32x32.
+MATMUL_SHAPES = [(1, 128, 512), (1, 512, 512), (1, 512, 5632), (256, 256, 768), (2048, 256, 768),
+                 (2048, 256, 256), (8192, 384, 128)]  # fmt: skip
+
+
+@pytest.mark.parametrize("impl", ["matmul_rows", "torch.addmm"])
+@pytest.mark.parametrize("rows,k,n", MATMUL_SHAPES)
+def test_cpu_matmul_rows(benchmark, impl, rows, k, n):
+    """fastddpm._C's batch-invariant product (each output summed over k in one order, whatever the rows)
+    against MKL's addmm, which picks its kernel by shape."""
+    gen = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(rows, k, generator=gen), torch.randn(k, n, generator=gen), torch.randn(n)
+    packed = backend_ext.pack_matmul_weight(weight)
+    benchmark.group = f"matmul cpu float32 ({rows} x {k}) @ ({k} x {n})"
+    with torch.no_grad():
+        if impl == "matmul_rows":
+            out = benchmark(backend_ext.matmul_rows, x, packed, n, bias)
+        else:
+            out = benchmark(torch.addmm, bias, x, weight)
+    torch.testing.assert_close(out, torch.addmm(bias, x, weight), atol=2e-4 * k**0.5, rtol=0)
+    stats = getattr(benchmark, "stats", None)
+    if stats:
+        benchmark.extra_info["GFLOP/s"] = round(2 * rows * k * n / stats.stats.mean / 1e9, 1)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fastddpm
+from fastddpm.ops import backend_ext
 from fastddpm.pipeline import PipelineOutput
 from tests import model_factory
 from tests.tolerances import assert_close
@@ -99,8 +100,11 @@ def test_philox_images_do_not_depend_on_batch_size(small_unet):
     parts = torch.cat(
         [pipe(batch_size=2, **common).images, pipe(batch_size=3, sample_offset=2, **common).images]
     )
-    # Bit-identical (fastddpm.models.batch_invariant; tests/test_batch_invariance.py has the wider cases).
-    assert torch.equal(parts, whole), f"batch 2 + 3 vs 5: {float((parts - whole).abs().max()):.3g} apart"
+    if backend_ext.cpu_kernels_usable():
+        # Bit-identical (fastddpm.models.batch_invariant; tests/test_batch_invariance.py has the wider cases).
+        assert torch.equal(parts, whole), f"batch 2 + 3 vs 5: {float((parts - whole).abs().max()):.3g} apart"
+    else:  # no extension for this CPU: oneDNN / MKL choose by batch (measured 2.6e-6)
+        assert_close(parts, whole, 1e-5, 0, "batch 2 + 3 vs 5")
     other_seed = pipe(batch_size=2, **{**common, "seed": 124}).images
     assert (other_seed - whole[:2]).abs().max() > 0.05
 

@@ -1,5 +1,11 @@
 """nn.Conv2d with faster CPU inference on NHWC activations; exactly nn.Conv2d everywhere else.
 
+In the batch-invariant mode (fastddpm.models.batch_invariant, the default on the CPU) every convolution of
+float32 or 16-bit activations is computed so that a sample's numbers do not depend on its batch: 3x3 /
+stride 1 / padding 1 by Winograd (below; F(4x4) from 16 px, F(2x2) under, whatever the channel count), the
+rest (1x1 shortcuts, stride-2 downsampling) by fastddpm._C's matmul_rows on the NHWC pixels or on their
+image-to-column patches, in float32 inside. With FASTDDPM_BATCH_INVARIANT=0, the batch-variant paths below.
+
 Two CPU paths for float32, chosen per call by ``cpu_algorithm()`` (environment variable FASTDDPM_CPU_CONV):
 
 - ``direct``: oneDNN's convolution on a weight kept in oneDNN's blocked layout. torch's CPU convolution
