@@ -280,13 +280,20 @@ def _plan(
     block: int | None,
     chunk: int | None,
     target_programs: int = TARGET_PROGRAMS,
+    batch_invariant: bool = False,
 ) -> tuple[bool, int, int]:
-    """(fused, block, chunk): the fused kernel when a group fits a block and the launch is wide enough."""
+    """(fused, block, chunk): the fused kernel when a group fits a block and the launch is wide enough.
+    batch_invariant: chosen by the group's size alone (fused when it fits, else chunks of
+    FUSED_MAX_GROUP), so that a sample's statistics are summed the same way in any batch."""
     if path not in (None, "fused", "split"):
         raise ValueError(f"kernels/group_norm.py: path {path!r} is not one of None, 'fused', 'split'")
     fits = group_size <= FUSED_MAX_GROUP
     if path == "fused" and not fits:
         raise ValueError(f"kernels/group_norm.py: a group of {group_size} elements is too large to fuse")
+    if batch_invariant and path is None:
+        if fits:
+            return True, triton.next_power_of_2(group_size), group_size
+        path, chunk, block = "split", FUSED_MAX_GROUP, DEFAULT_BLOCK
     if path == "fused" or (path is None and fits and groups_total >= target_programs):
         return True, triton.next_power_of_2(group_size), group_size
     if chunk is None:
@@ -312,12 +319,13 @@ def group_norm(
     path: str | None = None,
     block: int | None = None,
     chunk: int | None = None,
+    batch_invariant: bool = False,
 ) -> torch.Tensor:
     """reference.group_norm. ``path`` ("fused" / "split"), ``block`` and ``chunk`` (elements) force the
     kernel choice and the split path's tiling (tests, benchmarks).
 
     By default the launcher picks the fused kernel for small groups with many programs, else the split
-    kernels with about TARGET_PROGRAMS programs.
+    kernels with about TARGET_PROGRAMS programs; ``batch_invariant`` picks by the group's size alone.
     """
     if x.dtype not in FLOAT_DTYPES or x.dim() < 2:
         raise ValueError(
@@ -364,7 +372,9 @@ def group_norm(
     # The interpreter (CPU tensors) runs programs one after another, each with a fixed Python overhead:
     # there the fewest programs are fastest.
     target_programs = TARGET_PROGRAMS if x.is_cuda else 1
-    fused, block, chunk = _plan(groups_total, group_size, path, block, chunk, target_programs)
+    fused, block, chunk = _plan(
+        groups_total, group_size, path, block, chunk, target_programs, batch_invariant
+    )
     geometry = dict(num_groups=num_groups, channels=channels, group_channels=group_channels, spatial=spatial)
     if fused:
         _group_norm_fused_kernel[(groups_total,)](

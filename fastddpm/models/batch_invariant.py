@@ -6,8 +6,9 @@ the batch, torch's vectorised log / sin / cos compute the last elements of each 
 code. Each choice moves a sample's result by an ulp or so, and over a sampling loop those differences grow
 until an 8-bit pixel flips, so image i of a run would depend on the batch size and the number of processes.
 
-In this mode (the default on the CPU; FASTDDPM_BATCH_INVARIANT=0 turns it off) every op of the U-Net
-computes each sample's values in an order fixed by the sample's own shape:
+In this mode (the default on the CPU; FASTDDPM_BATCH_INVARIANT, fastddpm.ops.invariance, says when it
+applies and with which kernels) every op of the U-Net computes each sample's values in an order fixed by
+the sample's own shape:
 
 - matrix products (the time-embedding MLP, the time-embedding projections, the attention projections,
   1x1 convolutions, and the convolutions that are neither 1x1 nor Winograd's, as image-to-column products)
@@ -21,44 +22,59 @@ computes each sample's values in an order fixed by the sample's own shape:
 
 16-bit networks take the same float32-inside kernels (their inputs widened, their outputs rounded once),
 also on CPUs with native 16-bit instructions, whose oneDNN / MKL kernels choose by batch too.
-The promise needs NHWC activations (the engine's default on the CPU) and the extension built for this
-CPU; tests/test_batch_invariance.py checks it with torch.equal on float images.
+The promise needs the extension built for this CPU; tests/test_batch_invariance.py checks it with
+torch.equal on float images.
+
+With the Triton kernels (CUDA, or FASTDDPM_BATCH_INVARIANT=triton under the interpreter) every convolution
+and matrix product is kernels/conv_rows.py's fixed-tile implicit GEMM and GroupNorm is planned by group
+size; attention stays torch's SDPA. Compiled for sm_90 and tested under the interpreter, not run on a GPU
+yet, so CUDA takes it only when FASTDDPM_BATCH_INVARIANT=1 is set.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from fastddpm.ops import backend_ext
+from fastddpm.ops import backend_ext, invariance
 
-ENV_VAR = "FASTDDPM_BATCH_INVARIANT"
+ENV_VAR = invariance.ENV_VAR
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def enabled() -> bool:
     """FASTDDPM_BATCH_INVARIANT: on unless set to 0 / false / off."""
-    value = os.environ.get(ENV_VAR, "1").strip().lower()
-    if value in ("", "1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    raise ValueError(f"{ENV_VAR}={value!r} is not one of 1, 0 (or true / false, on / off)")
+    return invariance.enabled()
+
+
+def kernels(x: torch.Tensor) -> str | None:
+    """'cpu' (fastddpm._C), 'triton' (kernels/conv_rows.py) or None (the batch-variant layers) for input x."""
+    if (
+        torch.compiler.is_compiling()
+        or torch.is_grad_enabled()
+        or x.dtype not in DTYPES
+        or not invariance.enabled()
+    ):
+        return None
+    if invariance.uses_triton(x):
+        from fastddpm.ops import backend_triton  # not at import: it is the layer that imports triton
+
+        reasons = backend_triton.why_not_batch_invariant(x)
+        if reasons:
+            raise RuntimeError(
+                f"{ENV_VAR}={invariance.mode()}: the Triton kernels cannot serve: {'; '.join(reasons)}"
+            )
+        return "triton"
+    if x.device.type == "cpu" and backend_ext.cpu_kernels_usable():
+        return "cpu"
+    return None
 
 
 def applies(x: torch.Tensor) -> bool:
-    """Whether a layer should take its batch-invariant CPU path for input x."""
-    return (
-        not torch.compiler.is_compiling()
-        and x.device.type == "cpu"
-        and x.dtype in DTYPES
-        and not torch.is_grad_enabled()
-        and enabled()
-        and backend_ext.cpu_kernels_usable()
-    )
+    """Whether a layer should take its batch-invariant path for input x."""
+    return kernels(x) is not None
 
 
 def cached_tensor(
@@ -98,6 +114,21 @@ def float32_bias(owner: nn.Module, key: str, biases: list[torch.Tensor]) -> torc
     )
 
 
+def triton_weight(
+    owner: nn.Module, key: str, weights: list[torch.Tensor], dtype: torch.dtype
+) -> torch.Tensor:
+    """The weights of nn.Linear layers (or convolutions), stacked along out, as kernels/conv_rows.py's
+    packed matrix in ``dtype``."""
+
+    def build():
+        from fastddpm.ops import backend_triton
+
+        stacked = torch.cat([w.detach() for w in weights])
+        return backend_triton.kernel_module("conv_rows").pack_weight(stacked, dtype)
+
+    return cached_tensor(owner, f"triton:{key}:{dtype}", weights, build)
+
+
 def linear(
     owner: nn.Module,
     key: str,
@@ -110,8 +141,13 @@ def linear(
     divisor: float = 1.0,
 ) -> torch.Tensor:
     """(act(x) @ cat(weights).T + cat(biases) + residual) / divisor over x's last dimension, act = SiLU when
-    ``input_silu``; float32 inside, x's dtype out; each row's numbers independent of the other rows."""
-    packed = packed_linear_weight(owner, key, weights)
+    ``input_silu``; float32 accumulation, x's dtype out; each row's numbers independent of the other rows."""
     bias = None if biases is None else float32_bias(owner, key, biases)
+    if kernels(x) == "triton":
+        from fastddpm.ops import backend_triton
+
+        weight = triton_weight(owner, key, weights, x.dtype)
+        return backend_triton.linear_rows(x, weight, bias, residual, input_silu, divisor)
+    packed = packed_linear_weight(owner, key, weights)
     out_features = sum(w.shape[0] for w in weights)
     return backend_ext.matmul_rows(x, packed, out_features, bias, residual, input_silu, divisor)

@@ -168,6 +168,8 @@ class Conv2d(nn.Conv2d):
         """conv(x) + residual with each sample's numbers independent of the batch (fastddpm.models.
         batch_invariant): Winograd for 3x3 / stride 1 / padding 1, fastddpm._C's matmul_rows for the rest
         (1x1 directly on the NHWC pixels, others on image-to-column patches). NHWC out."""
+        if batch_invariant.kernels(x) == "triton":
+            return self._triton_rows(x, residual)
         x = x.contiguous(memory_format=torch.channels_last)
         if self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1):
             algorithm = cpu_algorithm()
@@ -197,6 +199,21 @@ class Conv2d(nn.Conv2d):
             0, 3, 1, 2
         )
         return out + residual if residual is not None and not fuse else out
+
+    def _triton_rows(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """kernels/conv_rows.py's fixed-tile implicit GEMM, any kernel size, stride and padding."""
+        from fastddpm.ops import backend_triton
+
+        key = (self._parameter_stamp(), "triton", x.dtype)
+        cached = _packed.get(self)
+        if cached is None or cached[0] != key:
+            weight = backend_triton.kernel_module("conv_rows").pack_weight(self.weight, x.dtype)
+            bias32 = None if self.bias is None else self.bias.detach().float().contiguous()
+            cached = (key, weight, bias32)
+            _packed[self] = cached
+        return backend_triton.conv2d_rows(
+            x, cached[1], cached[2], residual, self.kernel_size, self.stride, self.padding
+        )
 
     def _winograd_tile(self, x: torch.Tensor) -> int:
         """4 or 2 for the Winograd path, 0 for the direct one."""

@@ -184,8 +184,11 @@ class AttentionBlock(nn.Module):
     def _attend_rows(self, x: torch.Tensor) -> torch.Tensor:
         """The block with batch-invariant projections (fastddpm.models.batch_invariant), in float32, in
         diffusers' order: (to_out(o) + x) / rescale_output_factor."""
-        dtype = None if x.dtype == torch.float32 else torch.float32
-        x32 = x.float()
+        # fastddpm._C's products take 16-bit x but compute in float32, and so do these blocks there; the
+        # Triton kernels multiply 16-bit tiles natively, so the block stays in x's dtype.
+        wide = batch_invariant.kernels(x) == "cpu" and x.dtype != torch.float32
+        dtype = torch.float32 if wide else None
+        x32 = x.float() if wide else x
         batch, channels, height, width = x.shape
         length = height * width
         h = x32

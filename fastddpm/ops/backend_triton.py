@@ -22,7 +22,7 @@ import torch
 
 from fastddpm import ops
 from fastddpm.kernels.step_columns import LIN_MAX_STATE, NUM_COLUMNS
-from fastddpm.ops import PhiloxNoise
+from fastddpm.ops import PhiloxNoise, invariance
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KINDS = ("ddpm", "ddim")
@@ -284,10 +284,40 @@ def group_norm(x, num_groups, weight, bias, eps, *, add=None, scale=None, shift=
 
 
 def _launch_group_norm(x, num_groups, weight, bias, eps, add, scale, shift, silu):
+    # Batch-invariant mode: the kernel and its chunks are chosen by the group's size alone.
+    invariant = invariance.enabled() and invariance.uses_triton(x)
     with _on_device_of(x):
         return kernel_module("group_norm").group_norm(
-            x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, silu=silu
-        )
+            x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, silu=silu,
+            batch_invariant=invariant,
+        )  # fmt: skip
+
+
+def why_not_batch_invariant(x: torch.Tensor) -> list[str]:
+    """Why kernels/conv_rows.py cannot serve the batch-invariant layers for input x. CPU tensors under the
+    interpreter are served: FASTDDPM_BATCH_INVARIANT=triton, which leads here, is an explicit request."""
+    reasons = _triton_reasons()
+    if reasons:
+        return reasons
+    if x.device.type == "cuda" and not interpreted():
+        return []
+    if x.device.type == "cpu" and interpreted():
+        return []
+    return [
+        f"{x.device.type} tensors need CUDA, or the CPU with TRITON_INTERPRET=1 set before the kernels are imported"
+    ]
+
+
+def conv2d_rows(x, weight, bias, residual, kernel, stride, padding) -> torch.Tensor:
+    """kernels/conv_rows.py's batch-invariant convolution (weight from its pack_weight)."""
+    with _on_device_of(x):
+        return kernel_module("conv_rows").conv2d(x, weight, bias, residual, kernel, stride, padding)
+
+
+def linear_rows(x, weight, bias, residual=None, input_silu=False, divisor=1.0) -> torch.Tensor:
+    """kernels/conv_rows.py's batch-invariant linear layer (weight from its pack_weight)."""
+    with _on_device_of(x):
+        return kernel_module("conv_rows").linear(x, weight, bias, residual, input_silu, divisor)
 
 
 # torch.compile(fullgraph=True) cannot trace a launch (it imports the kernel module and enters

@@ -102,8 +102,8 @@ def test_no_kernel_parameter_is_a_keyword_the_compiled_launch_takes_for_itself()
     # Compiled Triton's launch asserts that no keyword argument is named stream, device or device_type and
     # reads its compile options (num_warps, debug, ...) from the same keywords; the interpreter checks
     # neither. The philox counter was a parameter `stream`, passed by keyword: every kernel with noise
-    # would have failed its first launch on a GPU ("stream option is deprecated"), found by
-    # bench/triton_compile_cost.py, which binds the GPU tests' launches with the compiled JIT's own code.
+    # would have failed its first launch on a GPU ("stream option is deprecated"), found by binding the GPU
+    # tests' launches on the CPU with the compiled JIT's own argument binder.
     import dataclasses
 
     from triton.backends.nvidia.compiler import CUDAOptions

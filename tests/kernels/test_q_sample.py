@@ -238,6 +238,22 @@ compile("group_norm", "_group_norm_stats_kernel", dict(x_ptr="*fp16", add_ptr="*
         chunk=i32), dict(HAS_ADD=True, CHANNELS_LAST=True, BLOCK=1024))
 compile("group_norm", "_group_norm_apply_kernel", dict(**pointers, partial_ptr="*fp32", **shape, chunk=i32,
         eps="fp32"), dict(**flags, CHUNKS_POW2=8, BLOCK=1024))
+# The batch-invariant implicit GEMM (tl.dot on tensor cores: TF32 / IEEE float32, bf16, fp16). The JIT passes
+# the channel strides of NHWC tensors (1) as constexprs; a strided (NCHW) input keeps them runtime ints.
+conv = bt.kernel_module("conv_rows")
+geometry = dict(rows=i32, height=i32, width=i32, channels=i32, out_height=i32, out_width=i32, out_channels=i32,
+                x_sn=i32, x_sh=i32, x_sw=i32, y_sn=i32, y_sh=i32, y_sw=i32, stride_h=i32, stride_w=i32,
+                pad_h=i32, pad_w=i32, divisor="fp32")
+tiles = dict(BLOCK_M=conv.BLOCK_M, BLOCK_N=conv.BLOCK_N, BLOCK_K=conv.BLOCK_K, ORDERED_SUM=False)
+for dtype, precision, kernel, silu in [("fp32", "tf32", 3, False), ("fp32", "ieee", 1, True), ("bf16", "ieee", 3, False),
+                                       ("fp16", "ieee", 1, True)]:
+    pointers = dict(x_ptr="*" + dtype, w_ptr="*" + dtype, bias_ptr="*fp32", res_ptr="*" + dtype, y_ptr="*" + dtype)
+    compile("conv_rows", "_conv_rows_kernel", dict(**pointers, **geometry),
+            dict(x_sc=1, y_sc=1, KERNEL_H=kernel, KERNEL_W=kernel, HAS_BIAS=True, HAS_RESIDUAL=True,
+                 INPUT_SILU=silu, DIVIDE=True, PRECISION=precision, **tiles))
+compile("conv_rows", "_conv_rows_kernel", dict(x_ptr="*fp32", w_ptr="*fp32", bias_ptr="*fp32", res_ptr="*fp32",
+        y_ptr="*fp32", **geometry, x_sc=i32, y_sc=i32), dict(KERNEL_H=3, KERNEL_W=3, HAS_BIAS=False,
+        HAS_RESIDUAL=False, INPUT_SILU=False, DIVIDE=False, PRECISION="tf32", **tiles))
 """
 
 
