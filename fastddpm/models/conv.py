@@ -171,11 +171,12 @@ class Conv2d(nn.Conv2d):
         if batch_invariant.kernels(x) == "triton":
             return self._triton_rows(x, residual)
         x = x.contiguous(memory_format=torch.channels_last)
-        if self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1):
-            algorithm = cpu_algorithm()
+        algorithm = cpu_algorithm()
+        winograd_shape = self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
+        if winograd_shape and algorithm != "direct":  # "direct": no Winograd, the product on image patches
             if algorithm == "winograd2" or algorithm == "winograd4":
                 tile = 2 if algorithm == "winograd2" else 4
-            else:  # by the image's size, as _winograd_tile; "direct" (oneDNN) would choose by the batch
+            else:  # by the image's size, as _winograd_tile
                 tile = 4 if min(x.shape[2], x.shape[3]) >= WINOGRAD4_MIN_SIZE else 2
             if residual is not None:
                 residual = residual.contiguous(memory_format=torch.channels_last)

@@ -79,6 +79,9 @@ def test_bad_arguments_raise_naming_the_argument():
         torch.ops.fastddpm.attention(q, k.half(), v, 1.0)
 
 
+@pytest.mark.skipif(
+    not backend_ext.cpu_kernels_usable(), reason="fastddpm._C's CPU kernels do not serve on this CPU"
+)
 def test_why_not_refuses_cpu_under_auto_and_serves_when_ext_is_named(monkeypatch):
     q, k, v = make_qkv(1, 1, 4, 4, 8, torch.float32)
     monkeypatch.setenv("FASTDDPM_BACKEND", "auto")

@@ -115,7 +115,7 @@ def _cases():
 
 @interpreter_only
 @pytest.mark.parametrize(
-    "kind, prediction, variance, noise_mode, dtype, channels_last, clip, use_clipped", _cases()
+    "kind, prediction, variance, noise_mode, dtype, channels_last, clip, use_clipped", list(_cases())
 )
 def test_sampler_step_matches_reference(
     kind, prediction, variance, noise_mode, dtype, channels_last, clip, use_clipped
@@ -196,7 +196,7 @@ def test_thresholding_goes_to_torch_and_explicit_triton_says_why(monkeypatch):
 # The CPU cases at a real size (each distinct case is one more kernel compile on the GPU machine).
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "kind, prediction, variance, noise_mode, dtype, channels_last, clip, use_clipped", _cases()
+    "kind, prediction, variance, noise_mode, dtype, channels_last, clip, use_clipped", list(_cases())
 )
 def test_cuda_sampler_step_matches_reference(
     kind, prediction, variance, noise_mode, dtype, channels_last, clip, use_clipped

@@ -43,11 +43,11 @@ def run_loop(scheduler, steps, learned=False, seed=0, step_kwargs=None, custom=N
     return trace
 
 
-def compare(ours, theirs, what):
+def compare(ours, theirs, what, tol=TOL):
     assert [t for t, _, _ in ours] == [t for t, _, _ in theirs], f"{what}: timesteps differ"
     for (t, prev_a, x0_a), (_, prev_b, x0_b) in zip(ours, theirs, strict=True):
-        assert_close(x0_a, x0_b, TOL, TOL, f"{what} x0 at t={t}")
-        assert_close(prev_a, prev_b, TOL, TOL, f"{what} prev at t={t}")
+        assert_close(x0_a, x0_b, tol, tol, f"{what} x0 at t={t}")
+        assert_close(prev_a, prev_b, tol, tol, f"{what} prev at t={t}")
 
 
 DDPM_VARIANCES = ["fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range"]
@@ -135,7 +135,9 @@ def test_fixed_large_log_is_the_log_form_of_fixed_large_where_diffusers_gives_na
     config = dict(num_train_timesteps=100)
     ours = run_loop(fastddpm.DDPMScheduler(variance_type="fixed_large_log", **config), 5)
     large = run_loop(fastddpm.DDPMScheduler(variance_type="fixed_large", **config), 5)
-    compare(ours, large, "fixed_large_log vs fixed_large")
+    # Two formulas for one variance, exp(log(beta) / 2) and sqrt(beta): equal here (AMD EPYC, AVX2), 2.4e-7
+    # apart on an Intel Xeon with AVX-512 (torch's vectorised exp / log); the bound is about 8x that.
+    compare(ours, large, "fixed_large_log vs fixed_large", tol=2e-6)
     theirs = run_loop(diffusers.DDPMScheduler(variance_type="fixed_large_log", **config), 5)
     assert torch.isnan(theirs[0][1]).all(), "diffusers 0.42 takes sqrt(log(beta)): if this changed, revisit"
 
