@@ -34,7 +34,15 @@ BLOCK_N = 64  # output channels per program
 BLOCK_K = 32  # input channels per tl.dot
 
 
-@triton.jit
+# Ints that change with the image size and the batch are not specialised (Triton would compile one variant
+# per value class of each: equal to 1, divisible by 16), so a U-Net costs one compile per layer kind and
+# dtype, not per resolution and batch. Channel counts and channel strides stay specialised: they decide
+# whether the loads along C and along the output channels are aligned vectors.
+_VARYING = ["rows", "height", "width", "out_height", "out_width", "x_sn", "x_sh", "y_sn", "y_sh",
+            "stride_h", "stride_w", "pad_h", "pad_w"]  # fmt: skip
+
+
+@triton.jit(do_not_specialize=_VARYING)
 def _conv_rows_kernel(
     x_ptr,
     w_ptr,  # (KERNEL_H * KERNEL_W * channels, out_channels), row (kh * KERNEL_W + kw) * channels + c
