@@ -61,7 +61,8 @@ def run_bench(args) -> int:
         )
 
     def fastddpm_call():
-        pipe(
+        sample_checked(
+            pipe,
             batch_size=args.batch_size,
             num_inference_steps=args.steps,
             sampler=args.sampler,
@@ -96,6 +97,15 @@ def run_bench(args) -> int:
     return 0
 
 
+def sample_checked(pipe, **settings):
+    """pipe(**settings), its refusal of the settings (a ValueError, e.g. a schedule with no finite update)
+    turned into the one line ``fastddpm sample`` prints for it."""
+    try:
+        return pipe(**settings)
+    except ValueError as error:
+        raise CliError(" ".join(str(error).split())) from None
+
+
 def reference_for(pipe, path: str, args, device: str, scratch: str) -> tuple[str, object]:
     """(engine name, run(batch, steps, generator) or a one-line reason there is none): the code whose
     numbers the checkpoint's process reproduces -- diffusers, or for an ADM checkpoint OpenAI's."""
@@ -116,7 +126,8 @@ def image_difference(pipe, reference, args, generator_device) -> float:
     import numpy as np
     import torch
 
-    ours = pipe(
+    ours = sample_checked(
+        pipe,
         batch_size=args.batch_size, num_inference_steps=args.steps, sampler=args.sampler, karras=args.karras,
         generator=torch.Generator(generator_device).manual_seed(0), output_type="np", progress=False,
     )  # fmt: skip

@@ -37,10 +37,14 @@ def diffusers_sampler(folder: str, sampler: str, karras: bool, device: str, dtyp
         pipeline_class = diffusers.DDPMPipeline if sampler == "ddpm" else diffusers.DDIMPipeline
         pipe = pipeline_class(unet=unet, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)
+        # output_type="pt", then float32 numpy here: their own "np" output calls .numpy() on the network's
+        # dtype, which numpy lacks for bfloat16.
         return lambda batch_size, steps, generator: (
-            pipe(
-                batch_size=batch_size, num_inference_steps=steps, generator=generator, output_type="np"
-            ).images
+            pipe(batch_size=batch_size, num_inference_steps=steps, generator=generator, output_type="pt")
+            .images.permute(0, 2, 3, 1)
+            .float()
+            .cpu()
+            .numpy()
         )
     return _standard_loop(unet, scheduler)
 

@@ -1,0 +1,42 @@
+"""Bad input on the command line (issue 22): one line on stderr, exit 2, nothing written is lost; and the
+flags that cannot apply are refused rather than ignored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli.test_cli import run_in_process
+
+
+def one_line_refusal(code: int, stdout: str, stderr: str) -> str:
+    assert code == 2, f"exit {code}, stderr {stderr!r}"
+    assert stdout == "" and "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"stderr must be one line, got {stderr!r}"
+    return lines[0]
+
+
+def test_bench_in_bfloat16_compares_with_diffusers_ddim_and_ddpm(capsys):
+    """diffusers' DDIMPipeline / DDPMPipeline with output_type="np" call .numpy() on bfloat16 images, which
+    numpy lacks: the reference side now converts to float32 itself."""
+    pytest.importorskip("diffusers")
+    for sampler in ("ddim", "ddpm"):
+        argv = ["bench", "--dtype", "bfloat16", "--sampler", sampler, "--steps", "2", "--batch-size", "1"]
+        code, stdout, stderr = run_in_process([*argv, "--repeats", "1", "--threads", "1", "--json"], capsys)
+        assert code == 0, stderr
+        result = json.loads(stdout)
+        assert result["dtype"] == "bfloat16"
+        assert [row["engine"] for row in result["results"]] == ["fastddpm", "diffusers"]
+        assert 0 <= result["max_image_diff_vs_diffusers"] <= 1  # a number: both sides made images
+
+
+def test_bench_refuses_a_schedule_with_no_finite_update_as_sample_does(tmp_path, capsys):
+    argv = ["--sampler", "dpm++2m", "--steps", "1000", "--threads", "1"]
+    bench = one_line_refusal(*run_in_process(["bench", *argv, "--batch-size", "1"], capsys))
+    sample = one_line_refusal(
+        *run_in_process(["sample", *argv, "--num", "1", "--out", str(tmp_path / "o")], capsys)
+    )
+    assert bench.removeprefix("fastddpm bench: ") == sample.removeprefix("fastddpm sample: ")
+    assert "has no finite update" in bench
