@@ -131,6 +131,8 @@ def run_convert(args) -> int:
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise CliError(f"destination folder {parent} does not exist or is not writable")
     pipe = load_pipeline(source, "cpu", "float32", args.flags)
+    from safetensors import SafetensorError
+
     from fastddpm.checkpoints.adm_to_diffusers import NotExpressible
 
     # Written next to the destination, then renamed: an interrupted convert leaves no half folder.
@@ -143,8 +145,9 @@ def run_convert(args) -> int:
         if os.path.isdir(destination):
             os.rmdir(destination)
         os.replace(staging, destination)
-    except OSError as error:
-        raise CliError(f"cannot write {destination}: {error.strerror or error}") from None
+    except (OSError, SafetensorError) as error:  # a full disk: safetensors raises its own error type
+        reason = getattr(error, "strerror", None) or " ".join(str(error).split()) or type(error).__name__
+        raise CliError(f"cannot write {destination}: {reason}; nothing was written there") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     parameters = sum(p.numel() for p in pipe.unet.parameters())

@@ -40,3 +40,32 @@ def test_bench_refuses_a_schedule_with_no_finite_update_as_sample_does(tmp_path,
     )
     assert bench.removeprefix("fastddpm bench: ") == sample.removeprefix("fastddpm sample: ")
     assert "has no finite update" in bench
+
+
+@pytest.mark.parametrize("error", ["oserror", "safetensors"])
+def test_convert_onto_a_full_disk_is_one_line_naming_the_destination_and_leaves_nothing(
+    tmp_path, capsys, monkeypatch, error
+):
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from fastddpm.pipeline import DEFAULT_MODEL_DIR
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:  # a partial file, as a write cut short leaves
+            handle.write(b"\0" * 16)
+        if error == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    destination = tmp_path / "converted"
+    line = one_line_refusal(*run_in_process(["convert", str(DEFAULT_MODEL_DIR), str(destination)], capsys))
+    assert line.startswith(f"fastddpm convert: cannot write {destination}: ") and "No space left" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no destination, no staging folder
+    # an empty destination folder given by the user stays as it was
+    destination.mkdir()
+    one_line_refusal(*run_in_process(["convert", str(DEFAULT_MODEL_DIR), str(destination)], capsys))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"] and not any(destination.iterdir())
