@@ -16,7 +16,14 @@ import time
 from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline
 from fastddpm.cli.errors import CliError
 from fastddpm.cli.manifest import ManifestMismatch, check_or_write_manifest, checkpoint_fingerprint
-from fastddpm.cli.sample_writer import WriteFailed, grid_format, to_uint8, write_grid, writer_for
+from fastddpm.cli.sample_writer import (
+    WriteFailed,
+    folder_has_samples,
+    grid_format,
+    to_uint8,
+    write_grid,
+    writer_for,
+)
 from fastddpm.cli.sharding import ProcessGroup, batches, device_for, process_share
 
 GRID_IMAGES = 64
@@ -122,7 +129,8 @@ def run_sample(args) -> int:
 
     info = {"checkpoint": path, "fastddpm_version": __version__}
     try:
-        check_or_write_manifest(folder, settings, info, writer.has_samples(), writer.growth_refused)
+        # samples of the other format count too: a change of --format must not slip past the manifest
+        check_or_write_manifest(folder, settings, info, folder_has_samples(folder), writer.growth_refused)
     except ManifestMismatch as error:
         raise CliError(str(error)) from None
     except OSError as error:

@@ -255,6 +255,11 @@ def _image_shape(path: str) -> tuple[int, ...]:
     return np.load(path, mmap_mode="r").shape[1:]
 
 
+def folder_has_samples(folder: str) -> bool:
+    """Whether ``folder`` holds samples of either format: the manifest guards them whatever --format asks."""
+    return PngFolder(folder, 1).has_samples() or NpzFile(folder, 1).has_samples()
+
+
 def writer_for(output_format: str, folder: str, num_images: int) -> PngFolder | NpzFile:
     return PngFolder(folder, num_images) if output_format == "png" else NpzFile(folder, num_images)
 

@@ -69,3 +69,27 @@ def test_convert_onto_a_full_disk_is_one_line_naming_the_destination_and_leaves_
     destination.mkdir()
     one_line_refusal(*run_in_process(["convert", str(DEFAULT_MODEL_DIR), str(destination)], capsys))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"] and not any(destination.iterdir())
+
+
+def folder_state(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones and the manifest included), by relative name."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_change_of_format_does_not_slip_past_the_manifest(tmp_path, capsys):
+    out = tmp_path / "m"
+    first = ["sample", "-n", "3", "--steps", "2", "--format", "npz", "--out", str(out), "--threads", "1"]
+    code, _, stderr = run_in_process(first, capsys)
+    assert code == 0, stderr
+    before = folder_state(out)
+    other = ["sample", "-n", "3", "--steps", "3", "--seed", "5", "--sampler", "euler", "--out", str(out)]
+    line = one_line_refusal(*run_in_process([*other, "--threads", "1"], capsys))
+    assert "other settings" in line and "format 'npz' there, 'png' here" in line
+    # the same settings but the format: refused as well
+    same = ["sample", "-n", "3", "--steps", "2", "--format", "png", "--out", str(out), "--threads", "1"]
+    assert "format 'npz' there, 'png' here" in one_line_refusal(*run_in_process(same, capsys))
+    assert folder_state(out) == before
