@@ -67,6 +67,17 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
     return parsed
 
 
+def check_sample_size(size: Any) -> None:
+    """sample_size= given to load: a positive integer or a (height, width) pair of them, else a one-line
+    ValueError (instead of a failure deep inside the first convolution)."""
+    sizes = list(size) if isinstance(size, tuple | list) else [size]
+    valid = len(sizes) in (1, 2) if isinstance(size, tuple | list) else True
+    if not valid or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        raise ValueError(
+            f"sample_size must be a positive integer or a (height, width) pair of them, got {size!r}"
+        )
+
+
 @dataclass
 class PipelineOutput:
     """``images``: a list of PIL images, a float32 NHWC array in [0, 1], or an NCHW tensor in [0, 1].
@@ -104,6 +115,8 @@ class Pipeline:
         """Read a diffusers folder, a google/ddpm-* folder, an original DDPM checkpoint or a Hub id."""
         from fastddpm.checkpoints import read_checkpoint
 
+        if "sample_size" in overrides:
+            check_sample_size(overrides["sample_size"])
         loaded = read_checkpoint(
             DEFAULT_MODEL_DIR if path is None else path,
             device=check_device(device),
@@ -233,6 +246,7 @@ class Pipeline:
             batch_size = auto_batch_size(self.unet, self.sample_shape(), self.dtype)
         self._check_call(batch_size, num_inference_steps, eta, output_type, seed, sample_offset)
         scheduler = self._scheduler_for(sampler, karras)
+        self._check_respacing(scheduler, num_inference_steps, timestep_respacing)
         plan = self._plan(
             scheduler, num_inference_steps, eta=float(eta), use_clipped_model_output=bool(use_clipped_model_output),
             timestep_respacing=timestep_respacing, device=self.device,
@@ -262,6 +276,38 @@ class Pipeline:
         if key not in self._named:
             self._named[key] = self.make_scheduler(sampler, karras=karras)
         return self._named[key]
+
+    def loaded_respacing(self) -> str | None:
+        """The timestep_respacing given to load (an ADM flag), or None where there is none."""
+        if getattr(self.process, "reference", None) != "openai":
+            return None
+        respacing = self.process.config.get("timestep_respacing")
+        return None if respacing in (None, "") else str(respacing)
+
+    def _check_respacing(self, scheduler, steps: int | None, respacing: str | int | None) -> None:
+        """timestep_respacing sets the steps of an ADM checkpoint's own ddpm / ddim loops, and only theirs:
+        refused (not ignored) where it cannot apply, or where num_inference_steps sets the steps too."""
+        from fastddpm.schedulers.gaussian_diffusion import GaussianDiffusion
+
+        loaded = self.loaded_respacing()
+        if not isinstance(scheduler, GaussianDiffusion):
+            if loaded is not None and respacing is None:  # one given here is refused by the plan
+                name = getattr(scheduler, "kind", type(scheduler).__name__)
+                raise ValueError(
+                    f"timestep_respacing {loaded!r} given to load applies to ADM checkpoints' ddpm and ddim "
+                    f"samplers only, and sampler {name} runs over all {len(self.process)} diffusion steps: "
+                    "load without it"
+                )
+            return
+        if steps is not None and respacing is not None:
+            raise ValueError(
+                f"num_inference_steps={steps} and timestep_respacing={respacing!r} both set the steps; give one"
+            )
+        if steps is not None and loaded is not None:
+            raise ValueError(
+                f"num_inference_steps={steps} and the timestep_respacing {loaded!r} given to load both set "
+                "the steps; give one (timestep_respacing= here replaces the load's)"
+            )
 
     def _plan(self, scheduler, steps: int | None, **settings) -> SamplingPlan | EagerPlan:
         """The scheduler's plan for these settings, kept while they repeat: a 1000-step DDPM table takes
@@ -324,8 +370,8 @@ class Pipeline:
         train_steps = len(self.process)
         if steps is not None and not (isinstance(steps, int) and 1 <= steps <= train_steps):
             raise ValueError(f"num_inference_steps must be an integer in [1, {train_steps}], got {steps!r}")
-        if not 0.0 <= float(eta):
-            raise ValueError(f"eta must be >= 0, got {eta!r}")
+        if not 0.0 <= float(eta) <= 1.0:  # NaN too; above 1, DDIM's sigma outgrows the step: NaN images
+            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):

@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 
-from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline
+from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline, refuse_unused_respacing
 from fastddpm.cli.diffusers_reference import diffusers_sampler
 from fastddpm.cli.errors import CliError
 from fastddpm.cli.openai_reference import openai_sampler
@@ -50,6 +50,7 @@ def run_bench(args) -> int:
     path = checkpoint_path(args.checkpoint)
     device = device_for(ProcessShare(0, 1, 0, 0, 0), args.device)
     pipe = load_pipeline(path, device, args.dtype, getattr(args, "flags", None))
+    refuse_unused_respacing(pipe, args.sampler, args.steps, "bench")
     train_steps = len(pipe.process)
     if args.steps > train_steps:
         raise CliError(

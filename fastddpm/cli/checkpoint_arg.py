@@ -62,3 +62,25 @@ def load_pipeline(path: str, device: str, dtype: str, flags: str | None = None):
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def refuse_unused_respacing(pipe, sampler: str, steps: int | None, command: str = "sample") -> None:
+    """An ADM checkpoint's timestep_respacing (in --flags) sets the steps of their ddpm / ddim loops only:
+    refused where another sampler or --steps would leave it unused, instead of silently ignored."""
+    respacing = pipe.loaded_respacing()
+    if respacing is None:
+        return
+    if sampler not in ("ddpm", "ddim"):
+        raise CliError(
+            f"--flags timestep_respacing {respacing} applies to --sampler ddpm and ddim only, and --sampler "
+            f"{sampler} runs over all {len(pipe.process)} diffusion steps: drop it from --flags"
+        )
+    if command == "bench":
+        raise CliError(
+            f"--flags timestep_respacing {respacing}: bench sets the steps with --steps (its reference "
+            "respaces to that count); drop it from --flags"
+        )
+    if steps is not None:
+        raise CliError(
+            f"--steps {steps} and --flags timestep_respacing {respacing} both set the steps; give one"
+        )

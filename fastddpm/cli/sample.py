@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline
+from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline, refuse_unused_respacing
 from fastddpm.cli.errors import CliError
 from fastddpm.cli.manifest import ManifestMismatch, check_or_write_manifest, checkpoint_fingerprint
 from fastddpm.cli.sample_writer import (
@@ -98,6 +98,7 @@ def run_sample(args) -> int:
     check_grid(args.grid)
     path = checkpoint_path(args.checkpoint)
     pipe = load_pipeline(path, device_for(share, args.device), args.dtype, args.flags)
+    refuse_unused_respacing(pipe, args.sampler, args.steps)
     steps = resolve_steps(pipe, args.sampler, args.steps)
     karras = bool(getattr(args, "karras", False))
     if karras:

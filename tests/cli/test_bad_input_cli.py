@@ -93,3 +93,42 @@ def test_a_change_of_format_does_not_slip_past_the_manifest(tmp_path, capsys):
     same = ["sample", "-n", "3", "--steps", "2", "--format", "png", "--out", str(out), "--threads", "1"]
     assert "format 'npz' there, 'png' here" in one_line_refusal(*run_in_process(same, capsys))
     assert folder_state(out) == before
+
+
+@pytest.fixture(scope="module")
+def adm_checkpoint(tmp_path_factory):
+    from tests.adm_checkpoint import reference_model, save_checkpoint
+
+    model, _, _, _ = reference_model("improved_cifar10")
+    return str(save_checkpoint(model, tmp_path_factory.mktemp("adm") / "cifar10_uncond.pt"))
+
+
+def respaced_flags() -> str:
+    from tests.adm_families import FAMILIES
+
+    return FAMILIES["improved_cifar10"][0] + " --timestep_respacing 2"
+
+
+@pytest.mark.parametrize(
+    "command, extra, message",
+    [
+        (
+            "sample",
+            ["--sampler", "ddpm", "--steps", "3"],
+            "--steps 3 and --flags timestep_respacing 2 both set",
+        ),
+        ("sample", ["--sampler", "dpm++2m", "--steps", "3"], "applies to --sampler ddpm and ddim only"),
+        ("sample", ["--sampler", "dpm++2m"], "applies to --sampler ddpm and ddim only"),
+        ("bench", ["--sampler", "ddim", "--steps", "3"], "bench sets the steps with --steps"),
+        ("bench", ["--sampler", "dpm++2m", "--steps", "3"], "applies to --sampler ddpm and ddim only"),
+    ],
+)
+def test_a_respacing_in_flags_that_would_go_unused_is_refused(
+    adm_checkpoint, tmp_path, capsys, command, extra, message
+):
+    argv = [command, adm_checkpoint, "--flags", respaced_flags(), *extra, "--device", "cpu", "--threads", "1"]
+    if command == "sample":
+        argv += ["-n", "1", "--out", str(tmp_path / "o")]
+    line = one_line_refusal(*run_in_process(argv, capsys))
+    assert message in line
+    assert not (tmp_path / "o").exists()
