@@ -11,7 +11,9 @@ digits model (8x8, what `fastddpm sample` runs) and a random net of the cifar10-
     git worktree add /tmp/baseline <old revision> && (cd /tmp/baseline && FASTDDPM_CUDA=0 bash .ci/build_ext.sh)
     python bench/batch_invariance_cost.py --baseline /tmp/baseline [--repeats 7] [--out FILE.json]
 
-The baseline checkout needs its fastddpm._C built in place (.ci/build_ext.sh does that).
+The baseline checkout needs its fastddpm._C built in place (.ci/build_ext.sh does that). On a GPU
+(`--device cuda`, no baseline needed) it compares the Triton batch-invariant layers (FASTDDPM_BATCH_INVARIANT=1)
+with cuBLAS / cuDNN (=0), at batch 1, 8 and 64; not run yet (no GPU lent so far).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ CIFAR10 = {
 }
 torch.manual_seed(0)
 pipes = {"digits-8": fastddpm.load(None), "cifar10-32": fastddpm.Pipeline(UNet2D.from_config(CIFAR10).eval())}
+for pipe in pipes.values():
+    pipe.to(sys.argv[2])
 print("ready", flush=True)
 for line in sys.stdin:
     net, batch, steps = line.split()
@@ -52,17 +56,19 @@ for line in sys.stdin:
                progress=False)
     start = time.perf_counter()
     pipes[net](batch_size=int(batch), **run)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     print(json.dumps(time.perf_counter() - start), flush=True)
 """
 
 
-def start_worker(checkout: Path, threads: int, invariant: str | None) -> subprocess.Popen:
+def start_worker(checkout: Path, threads: int, invariant: str | None, device: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(checkout), OMP_NUM_THREADS=str(threads))
     env.pop("FASTDDPM_BATCH_INVARIANT", None)
     if invariant is not None:
         env["FASTDDPM_BATCH_INVARIANT"] = invariant
     worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(threads)],
+        [sys.executable, "-c", WORKER, str(threads), device],
         cwd=checkout,
         env=env,
         stdin=subprocess.PIPE,
@@ -80,23 +86,34 @@ def ask(worker: subprocess.Popen, net: str, batch: int) -> float:
     return float(worker.stdout.readline())
 
 
+def torch_device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--baseline", type=Path, required=True, help="an older checkout, fastddpm._C built")
+    parser.add_argument("--baseline", type=Path, help="an older checkout, fastddpm._C built (CPU runs)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    variants = {
-        "baseline": start_worker(args.baseline.resolve(), args.threads, None),
-        "invariant": start_worker(ROOT, args.threads, "1"),
-        "opt-out": start_worker(ROOT, args.threads, "0"),
-    }
+    if args.baseline is None and args.device == "cpu":
+        parser.error("--baseline is required on the CPU (the release to compare with)")
+    variants = {}
+    if args.baseline is not None:
+        variants["baseline"] = start_worker(args.baseline.resolve(), args.threads, None, args.device)
+    variants["invariant"] = start_worker(ROOT, args.threads, "1", args.device)
+    variants["opt-out"] = start_worker(ROOT, args.threads, "0", args.device)
+    reference = "baseline" if "baseline" in variants else "opt-out"
+    batches = BATCHES if args.device == "cpu" else (1, 8, 64)
     times: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
     for net in NETS:
-        for batch in BATCHES:
+        for batch in batches:
             key = f"{net} batch {batch}"
             for worker in variants.values():
                 ask(worker, net, batch)  # warm-up: weight caches, oneDNN primitives
@@ -107,14 +124,18 @@ def main() -> None:
         worker.stdin.close()
         worker.wait()
     rows = []
-    for key in times["baseline"]:
+    for key in times[reference]:
         medians = {name: statistics.median(times[name][key]) for name in variants}
+        ratios = {
+            f"{name.replace('-', '_')}_vs_{reference.replace('-', '_')}": round(m / medians[reference], 3)
+            for name, m in medians.items()
+            if name != reference
+        }
         rows.append(
             {
                 "case": key,
                 **{f"{name}_ms_per_step": round(1e3 * m, 3) for name, m in medians.items()},
-                "invariant_vs_baseline": round(medians["invariant"] / medians["baseline"], 3),
-                "opt_out_vs_baseline": round(medians["opt-out"] / medians["baseline"], 3),
+                **ratios,
             }
         )
         print(json.dumps(rows[-1]))
@@ -124,10 +145,11 @@ def main() -> None:
             names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
         record = {
             "cpu": names[0] if names else cpu,
+            "device": args.device if args.device == "cpu" else torch_device_name(),
             "threads": args.threads,
             "repeats": args.repeats,
             "date": time.strftime("%Y-%m-%d"),
-            "baseline": str(args.baseline),
+            "baseline": str(args.baseline) if args.baseline else None,
             "rows": rows,
         }
         args.out.write_text(json.dumps(record, indent=1) + "\n")
