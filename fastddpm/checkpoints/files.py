@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,11 @@ def load_pickle(path: Path) -> Any:
     """torch.load with weights_only=True (tensors and plain containers only), onto the CPU."""
     require_file(path, "checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's two-line advice on a plain pickle's protocol (to file an issue with torch) would come
+            # before the one line that says whether the file is read or refused
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses any global that is not a tensor type or a plain container: such a file would
         # run code when unpickled, so it is rejected before anything in it is executed.

@@ -9,6 +9,7 @@ torch and the package's heavy modules are imported only by the subcommand that r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from fastddpm.cli.errors import CliError
@@ -58,6 +59,28 @@ def _eta(text: str) -> float:
     return value
 
 
+# The names fastddpm.load takes (fastddpm/pipeline.py), each to the long name the manifest records, so
+# --dtype bf16 and --dtype bfloat16 are one setting. Spelled out here: the parser imports no torch.
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+
+def _dtype(text: str) -> str:
+    try:
+        return DTYPE_NAMES[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not one of float32 (fp32), bfloat16 (bf16), float16 (fp16, half)"
+        ) from None
+
+
 _positive_int.__name__ = "positive integer"
 _image_count.__name__ = "positive integer"
 _seed.__name__ = "integer"
@@ -79,7 +102,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:K",
     )
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--dtype",
+        type=_dtype,
+        default="float32",
+        help="float32 (fp32), bfloat16 (bf16) or float16 (fp16, half): the network's dtype (default float32)",
+    )
     _add_threads_option(parser)
 
 
@@ -217,10 +245,25 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: its reader is gone, and the interpreter's final flush must not fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout): nothing to flush there
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        code = _run(args)
+        sys.stdout.flush()  # here, so a reader that is gone shows as BrokenPipeError below, not at exit
+        return code
+    except BrokenPipeError:  # `fastddpm info --json | head -c 10`: a closed stdout is not an error
+        _quiet_stdout()
+        return 0
     except CliError as error:
         print(f"fastddpm {args.command}: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT

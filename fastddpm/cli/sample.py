@@ -45,6 +45,14 @@ def resolve_steps(pipe, sampler: str, steps: int | None) -> int | None:
     return steps
 
 
+def effective_steps(pipe, steps: int | None) -> int:
+    """The number of denoising steps run: ``steps``, or (None) those an ADM checkpoint's respacing keeps."""
+    if steps is not None:
+        return steps
+    kept, _ = pipe.process.respaced(None)
+    return len(kept)
+
+
 def prepare_folder(folder: str) -> str:
     folder = os.path.abspath(folder)
     try:
@@ -94,6 +102,8 @@ def run_sample(args) -> int:
         share = process_share(args.num)
     except ValueError as error:
         raise CliError(str(error)) from None
+    if not args.out.strip():  # "" would be the current folder
+        raise CliError(f"--out {args.out!r} is empty: give the folder to write the images into")
     args.eta = check_eta(args.sampler, args.eta)
     check_grid(args.grid)
     path = checkpoint_path(args.checkpoint)
@@ -156,8 +166,10 @@ def run_sample(args) -> int:
             "images_per_s": round(total_drawn / seconds, 3) if seconds > 0 else None,
             "checkpoint": path,
             "sampler": args.sampler,
-            "steps": steps,
+            "karras": karras,
+            "steps": effective_steps(pipe, steps),
             "eta": settings["eta"],
+            "dtype": args.dtype,
             "seed": args.seed,
             "format": args.format,
             "out": writer.output,

@@ -132,3 +132,71 @@ def test_a_respacing_in_flags_that_would_go_unused_is_refused(
     line = one_line_refusal(*run_in_process(argv, capsys))
     assert message in line
     assert not (tmp_path / "o").exists()
+
+
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_refusal(*run_in_process(["sample", "-n", "1", "--steps", "2", "--out", ""], capsys))
+    assert "--out '' is empty" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_stdout_is_not_an_error():
+    """`fastddpm info --json | head -c 10`: the reader is gone before the output is written."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.cli.test_cli import REPO_ROOT, cli_env
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "fastddpm.cli", "info", "--json", "--threads", "1"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO_ROOT, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_a_refused_pickle_is_one_line_without_torchs_warning(tmp_path):
+    """A plain pickle (protocol 4, not torch.save's zip) made torch's weights_only unpickler warn in two
+    lines about the protocol before fastddpm's one line."""
+    import pickle
+
+    from tests.cli.test_cli import run_cli
+
+    path = tmp_path / "plain.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"weight": __import__("fractions").Fraction(1, 3)}, handle, protocol=4)
+    result = run_cli("info", path, "--threads", "1", check=False, timeout=300)
+    line = one_line_refusal(result.returncode, result.stdout, result.stderr)
+    assert line == (
+        f"fastddpm info: cannot read checkpoint {path}: refused to unpickle, the file holds objects other "
+        "than tensors (unpickling it could run code)"
+    )
+
+
+def test_dtype_takes_the_python_aliases_and_the_summary_says_dtype_and_karras(tmp_path, capsys):
+    out = tmp_path / "bf16"
+    argv = ["sample", "-n", "1", "--steps", "2", "--out", str(out), "--threads", "1"]
+    code, stdout, stderr = run_in_process([*argv, "--dtype", "bf16"], capsys)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert (summary["dtype"], summary["karras"], summary["steps"]) == ("bfloat16", False, 2)
+    assert json.loads((out / "fastddpm_manifest.json").read_text())["settings"]["dtype"] == "bfloat16"
+    # the long name is the same setting: the rerun resumes the folder
+    code, stdout, stderr = run_in_process([*argv, "--dtype", "BFloat16"], capsys)
+    assert code == 0 and json.loads(stdout)["skipped"] == 1, stderr
+    line = one_line_refusal(*run_in_process([*argv, "--dtype", "float8"], capsys))
+    assert "--dtype" in line and "'float8' is not one of float32 (fp32), bfloat16 (bf16)" in line
+
+
+def test_the_summary_reports_the_steps_a_respacing_keeps(adm_checkpoint, tmp_path, capsys):
+    argv = ["sample", adm_checkpoint, "--flags", respaced_flags(), "--sampler", "ddpm", "-n", "1"]
+    code, stdout, stderr = run_in_process([*argv, "--out", str(tmp_path / "o"), "--threads", "1"], capsys)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["steps"] == 2 and summary["dtype"] == "float32" and summary["karras"] is False
