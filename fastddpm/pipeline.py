@@ -246,6 +246,10 @@ class Pipeline:
             batch_size = auto_batch_size(self.unet, self.sample_shape(), self.dtype)
         self._check_call(batch_size, num_inference_steps, eta, output_type, seed, sample_offset)
         scheduler = self._scheduler_for(sampler, karras)
+        kind = getattr(scheduler, "kind", None)
+        if float(eta) != 0.0 and kind not in ("ddim", None):  # the CLI's rule: not silently ignored
+            name = sampler if isinstance(sampler, str) else kind
+            raise ValueError(f"eta={eta!r} applies to sampler ddim only; sampler {name} does not use it")
         self._check_respacing(scheduler, num_inference_steps, timestep_respacing)
         plan = self._plan(
             scheduler, num_inference_steps, eta=float(eta), use_clipped_model_output=bool(use_clipped_model_output),

@@ -4,6 +4,7 @@ or a failure deep inside the network; and a setting that cannot apply is refused
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -22,6 +23,17 @@ def test_ddim_eta_outside_0_1_is_refused_by_name(eta):
     assert "\n" not in str(error.value)
     images = pipe(sampler="ddim", eta=1.0, num_inference_steps=2, **RUN).images  # the bound itself is taken
     assert torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m", "euler-a"])
+def test_eta_with_a_sampler_that_has_none_is_refused_not_ignored(sampler):
+    pipe = fastddpm.load(None)
+    with pytest.raises(
+        ValueError,
+        match=rf"^eta=0.5 applies to sampler ddim only; sampler {re.escape(sampler)} does not use it$",
+    ):
+        pipe(sampler=sampler, eta=0.5, num_inference_steps=4, **RUN)
+    assert torch.isfinite(pipe(sampler=sampler, eta=0.0, num_inference_steps=4, **RUN).images).all()
 
 
 @pytest.mark.parametrize("size", [0, -8, (8, 0), (8,) * 3, "8", 8.0, True])
