@@ -45,6 +45,7 @@ from fastddpm.sampler_registry import SCHEDULER_MODULES  # noqa: E402  (imports 
 _EXPORTS = {
     **dict.fromkeys(SCHEDULER_MODULES, "schedulers"),
     "SchedulerOutput": "schedulers",
+    "SchedulerMixin": "schedulers",  # the base diffusers' pipelines look for (schedulers/diffusers_interop.py)
     "Pipeline": "pipeline",
     "PipelineOutput": "pipeline",
     "load": "pipeline",

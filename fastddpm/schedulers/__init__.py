@@ -8,7 +8,11 @@ import importlib
 
 from fastddpm.sampler_registry import SCHEDULER_MODULES
 from fastddpm.schedulers.base import SchedulerOutput  # noqa: F401
+from fastddpm.schedulers.config_mixin import ConfigMixin as SchedulerMixin  # noqa: F401  (diffusers_interop)
 from fastddpm.schedulers.config_mixin import FrozenConfig  # noqa: F401
+from fastddpm.schedulers.diffusers_interop import register_with_diffusers
+
+register_with_diffusers()
 
 
 def __getattr__(name: str):
@@ -23,4 +27,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *SCHEDULER_MODULES])
 
 
-__all__ = sorted([*SCHEDULER_MODULES, "FrozenConfig", "SchedulerOutput"])
+__all__ = sorted([*SCHEDULER_MODULES, "FrozenConfig", "SchedulerMixin", "SchedulerOutput"])

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from fastddpm.schedulers import diffusers_interop
+
 CONFIG_NAME = "scheduler_config.json"
 # Written as _diffusers_version: the diffusers release whose scheduler semantics these classes follow.
 DIFFUSERS_VERSION = "0.42.1"
@@ -95,6 +97,8 @@ class ConfigMixin:
 
     # ------------------------------------------------------------------------------------------ config
     def register_to_config(self, **kwargs: Any) -> None:
+        if not diffusers_interop._registered:  # a scheduler being built: diffusers may be imported by now
+            diffusers_interop.register_with_diffusers()
         kwargs.pop("kwargs", None)
         previous = self.__dict__.get("_internal_dict", {})
         self.__dict__["_internal_dict"] = FrozenConfig({**previous, **kwargs})
