@@ -195,9 +195,12 @@ def test_channels_last_gives_the_same_images(small_unet):
     nchw = pipe(channels_last=False, **common).images
     nhwc = pipe(channels_last=True, **common).images
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    # measured 0: this net's convolutions are all below Winograd's channel minimum, and oneDNN computes the
-    # direct ones alike in both layouts
-    assert_close(nhwc, nchw, 0, 0, "channels_last vs contiguous")
+    # The same computation on both sides where the extension serves: the batch-invariant layers take NCHW
+    # input through the NHWC kernels (fastddpm.models.batch_invariant). Elsewhere oneDNN chooses by layout.
+    if backend_ext.cpu_kernels_usable():
+        assert torch.equal(nhwc, nchw)
+    else:
+        assert_close(nhwc, nchw, 1e-5, 0, "channels_last vs contiguous")
 
 
 def test_the_step_table_is_built_once_for_repeated_calls(small_unet, monkeypatch):
