@@ -30,6 +30,8 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "euler": SamplerEntry("euler", "EulerDiscreteScheduler", {}),
     "euler-a": SamplerEntry("euler", "EulerAncestralDiscreteScheduler", {}),
     "heun": SamplerEntry("heun", "HeunDiscreteScheduler", {}),
+    "kdpm2": SamplerEntry("kdpm2", "KDPM2DiscreteScheduler", {}),
+    "kdpm2-a": SamplerEntry("kdpm2", "KDPM2AncestralDiscreteScheduler", {}),
     "deis": SamplerEntry("deis", "DEISMultistepScheduler", {}),
 }  # fmt: skip
 NAMES = tuple(SAMPLERS)

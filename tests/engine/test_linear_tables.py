@@ -83,6 +83,13 @@ def _configs():
     yield "EulerDiscreteScheduler", {"timestep_type": "continuous", "prediction_type": "v_prediction"}
     yield "EulerAncestralDiscreteScheduler", {"timestep_spacing": "leading", "steps_offset": 1}
     yield "HeunDiscreteScheduler", {"use_karras_sigmas": True, "beta_schedule": "scaled_linear"}
+    for p in ["epsilon", "v_prediction"]:
+        yield "KDPM2DiscreteScheduler", {"prediction_type": p}
+        yield "KDPM2AncestralDiscreteScheduler", {"prediction_type": p}
+    yield "KDPM2DiscreteScheduler", {"use_karras_sigmas": True, "beta_schedule": "scaled_linear"}
+    yield "KDPM2DiscreteScheduler", {"use_exponential_sigmas": True, "timestep_spacing": "trailing"}
+    yield "KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True, "timestep_spacing": "leading"}
+    yield "KDPM2AncestralDiscreteScheduler", {"use_beta_sigmas": True}
     for skip, p, spacing in itertools.product(
         [False, True], ["epsilon", "v_prediction"], ["leading", "linspace"]
     ):
