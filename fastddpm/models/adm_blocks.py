@@ -128,18 +128,18 @@ class AttentionBlock(nn.Module):
         self.new_order = new_order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if batch_invariant.applies(x):
-            return self._attend_rows(x)
+        if kernels := batch_invariant.kernels(x):
+            return self._attend_rows(x, kernels)
         if cpu_emulation.computes_in_float32(x):
             return self._attend(x.float(), torch.float32).to(x.dtype)
         return self._attend(x, None)
 
-    def _attend_rows(self, x: torch.Tensor) -> torch.Tensor:
+    def _attend_rows(self, x: torch.Tensor, kernels: str) -> torch.Tensor:
         """The block with batch-invariant projections (fastddpm.models.batch_invariant), in float32, in
         their order: x + proj_out(attention)."""
         # fastddpm._C's products take 16-bit x but compute in float32, and so do these blocks there; the
         # Triton kernels multiply 16-bit tiles natively, so the block stays in x's dtype.
-        wide = batch_invariant.kernels(x) == "cpu" and x.dtype != torch.float32
+        wide = kernels == "cpu" and x.dtype != torch.float32
         dtype = torch.float32 if wide else None
         x32 = x.float() if wide else x
         batch, channels, height, width = x.shape

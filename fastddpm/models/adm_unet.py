@@ -20,7 +20,7 @@ from fastddpm.models import batch_invariant
 from fastddpm.models.adm_blocks import AttentionBlock, Downsample, ResBlock, Upsample, group_norm
 from fastddpm.models.conv import Conv2d
 from fastddpm.models.unet import timestep_frequencies
-from fastddpm.models.unet_blocks import concat_parameters, drop_fused_caches
+from fastddpm.models.unet_blocks import drop_fused_caches, silu_projections
 
 NUM_CLASSES = 1000  # their class-conditional models are ImageNet's
 
@@ -182,14 +182,7 @@ class AdmUNet(nn.Module):
 
         # Each ResBlock's emb_layers = Linear(SiLU(emb)); one matmul serves them all.
         projections = [r.emb_layers[1] for r in self._resblocks]
-        if invariant:
-            weights, biases = [p.weight for p in projections], [p.bias for p in projections]
-            projected = batch_invariant.linear(self, "emb", emb, weights, biases, input_silu=True)
-            projected = projected.expand(batch, -1).contiguous() if projected.shape[0] != batch else projected
-        else:
-            weight = concat_parameters(self, "emb_weight", [p.weight for p in projections])
-            bias = concat_parameters(self, "emb_bias", [p.bias for p in projections])
-            projected = F.linear(F.silu(emb), weight, bias)
+        projected = silu_projections(self, "emb", emb, projections, batch, invariant)
         embs = list(torch.split(projected, self._emb_sizes, dim=1))
         embs.reverse()  # blocks pop() them in forward order
 

@@ -44,11 +44,6 @@ ENV_VAR = invariance.ENV_VAR
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def enabled() -> bool:
-    """FASTDDPM_BATCH_INVARIANT: on unless set to 0 / false / off."""
-    return invariance.enabled()
-
-
 def kernels(x: torch.Tensor) -> str | None:
     """'cpu' (fastddpm._C), 'triton' (kernels/conv_rows.py) or None (the batch-variant layers) for input x."""
     if (
@@ -80,8 +75,10 @@ def applies(x: torch.Tensor) -> bool:
 def cached_tensor(
     owner: nn.Module, key: str, sources: list[torch.Tensor], build: Callable[[], torch.Tensor]
 ) -> torch.Tensor:
-    """build(), cached on ``owner`` until one of ``sources`` is replaced or written in place (the rule of
-    fastddpm.models.unet_blocks.concat_parameters, whose cache this shares)."""
+    """build(), cached on ``owner`` under ``key`` until one of ``sources`` is replaced (new data pointer) or
+    written in place (version counter); a normal tensor even inside inference_mode, so the cache stays usable
+    outside it. The cache keeps the sources, so their memory cannot be reused at the same address.
+    fastddpm.models.unet_blocks.concat_parameters and the packed weights here share it."""
     try:
         stamp = tuple([(t.data_ptr(), t._version) for t in sources])
     except RuntimeError:  # inference tensors keep no version counter: nothing to cache safely

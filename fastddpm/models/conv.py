@@ -117,8 +117,8 @@ def _onednn_available() -> bool:
 
 class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self._batch_invariant_path(x):
-            return self._batch_invariant(x, residual)
+        if kernels := self._batch_invariant_kernels(x):
+            return self._batch_invariant(x, residual, kernels)
         if not self._fast_cpu_path(x):
             out = super().forward(x)
         elif tile := self._winograd_tile(x):
@@ -153,22 +153,23 @@ class Conv2d(nn.Conv2d):
             and _onednn_available()
         )
 
-    def _batch_invariant_path(self, x: torch.Tensor) -> bool:
-        return (
+    def _batch_invariant_kernels(self, x: torch.Tensor) -> str | None:
+        """batch_invariant.kernels(x) where this convolution has a batch-invariant path, else None."""
+        shape_ok = (
             x.dim() == 4
             and self.weight.dtype == x.dtype
             and self.groups == 1
             and self.dilation == (1, 1)
             and self.padding_mode == "zeros"
             and isinstance(self.padding, tuple)
-            and batch_invariant.applies(x)
         )
+        return batch_invariant.kernels(x) if shape_ok else None
 
-    def _batch_invariant(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    def _batch_invariant(self, x: torch.Tensor, residual: torch.Tensor | None, kernels: str) -> torch.Tensor:
         """conv(x) + residual with each sample's numbers independent of the batch (fastddpm.models.
         batch_invariant): Winograd for 3x3 / stride 1 / padding 1, fastddpm._C's matmul_rows for the rest
         (1x1 directly on the NHWC pixels, others on image-to-column patches). NHWC out."""
-        if batch_invariant.kernels(x) == "triton":
+        if kernels == "triton":
             return self._triton_rows(x, residual)
         x = x.contiguous(memory_format=torch.channels_last)
         algorithm = cpu_algorithm()

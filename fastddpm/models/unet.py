@@ -19,7 +19,7 @@ from torch import nn
 from fastddpm import ops
 from fastddpm.models import batch_invariant
 from fastddpm.models.conv import Conv2d
-from fastddpm.models.unet_blocks import DownBlock, MidBlock, UpBlock, concat_parameters, drop_fused_caches
+from fastddpm.models.unet_blocks import DownBlock, MidBlock, UpBlock, drop_fused_caches, silu_projections
 from fastddpm.models.unet_config import DOWN_BLOCKS, UP_BLOCKS, normalise_config
 
 
@@ -233,14 +233,7 @@ class UNet2D(nn.Module):
 
         # diffusers applies SiLU to emb before each resnet's time_emb_proj; one matmul does all of them.
         projections = [r.time_emb_proj for r in self._resnets_in_order]
-        if invariant:
-            weights, biases = [p.weight for p in projections], [p.bias for p in projections]
-            projected = batch_invariant.linear(self, "temb", emb, weights, biases, input_silu=True)
-            projected = projected.expand(batch, -1).contiguous() if projected.shape[0] != batch else projected
-        else:
-            weight = concat_parameters(self, "temb_weight", [projection.weight for projection in projections])
-            bias = concat_parameters(self, "temb_bias", [projection.bias for projection in projections])
-            projected = F.linear(F.silu(emb), weight, bias)
+        projected = silu_projections(self, "temb", emb, projections, batch, invariant)
         tembs = list(torch.split(projected, self._temb_sizes, dim=1))
         tembs.reverse()  # blocks pop() them in forward order
 

@@ -35,21 +35,22 @@ def concat_parameters(
         key = f"{key}:{dtype}"
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         return torch.cat(tensors).to(dtype)
-    try:
-        # data_ptr changes when a parameter is replaced or moved, _version on every in-place write.
-        stamp = tuple([(t.data_ptr(), t._version) for t in tensors])
-    except RuntimeError:  # inference tensors keep no version counter: nothing to cache safely
-        return torch.cat(tensors).to(dtype)
-    cache = owner.__dict__.setdefault("_fused_cache", {})
-    hit = cache.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    # A normal tensor even inside inference_mode, so the cache stays usable outside it.
-    with torch.inference_mode(False), torch.no_grad():
-        fused = torch.cat(tensors).to(dtype)
-        sources = [t.detach() for t in tensors]
-    cache[key] = (stamp, fused, sources)
-    return fused
+    return batch_invariant.cached_tensor(owner, key, tensors, lambda: torch.cat(tensors).to(dtype))
+
+
+def silu_projections(
+    owner: nn.Module, key: str, emb: torch.Tensor, layers: list[nn.Linear], batch: int, invariant: bool
+) -> torch.Tensor:
+    """Linear(SiLU(emb)) of every layer in one matmul, (batch, sum of their out_features): the time-embedding
+    projections of all ResNet blocks. ``invariant``: batch_invariant.linear, emb's rows (one, for a shared
+    timestep) broadcast to the batch."""
+    weights, biases = [layer.weight for layer in layers], [layer.bias for layer in layers]
+    if invariant:
+        projected = batch_invariant.linear(owner, key, emb, weights, biases, input_silu=True)
+        return projected.expand(batch, -1).contiguous() if projected.shape[0] != batch else projected
+    weight = concat_parameters(owner, f"{key}_weight", weights)
+    bias = concat_parameters(owner, f"{key}_bias", biases)
+    return F.linear(F.silu(emb), weight, bias)
 
 
 def drop_fused_caches(module: nn.Module) -> None:
@@ -133,8 +134,8 @@ class AttentionBlock(nn.Module):
         self.inverse_rescale = 1.0 / rescale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if batch_invariant.applies(x):
-            return self._attend_rows(x)
+        if kernels := batch_invariant.kernels(x):
+            return self._attend_rows(x, kernels)
         if cpu_emulation.computes_in_float32(x):
             return self._attend(x.float(), torch.float32).to(x.dtype)
         return self._attend(x, None)
@@ -181,12 +182,12 @@ class AttentionBlock(nn.Module):
         )
         return (out + out_bias.view(1, channels, 1) * alpha).view(batch, channels, height, width)
 
-    def _attend_rows(self, x: torch.Tensor) -> torch.Tensor:
+    def _attend_rows(self, x: torch.Tensor, kernels: str) -> torch.Tensor:
         """The block with batch-invariant projections (fastddpm.models.batch_invariant), in float32, in
         diffusers' order: (to_out(o) + x) / rescale_output_factor."""
         # fastddpm._C's products take 16-bit x but compute in float32, and so do these blocks there; the
         # Triton kernels multiply 16-bit tiles natively, so the block stays in x's dtype.
-        wide = batch_invariant.kernels(x) == "cpu" and x.dtype != torch.float32
+        wide = kernels == "cpu" and x.dtype != torch.float32
         dtype = torch.float32 if wide else None
         x32 = x.float() if wide else x
         batch, channels, height, width = x.shape
