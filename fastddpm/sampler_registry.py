@@ -26,12 +26,16 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "dpm++2m": SamplerEntry("dpm_solver", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "dpm++3m": SamplerEntry("dpm_solver", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
     "dpm++2m-sde": SamplerEntry("dpm_solver", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "dpm++2s": SamplerEntry("dpm_solver_singlestep", "DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm++3s": SamplerEntry("dpm_solver_singlestep", "DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
+    "dpm++2s-sde": SamplerEntry("dpm_solver_singlestep", "DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
     "unipc": SamplerEntry("unipc", "UniPCMultistepScheduler", {}),
     "euler": SamplerEntry("euler", "EulerDiscreteScheduler", {}),
     "euler-a": SamplerEntry("euler", "EulerAncestralDiscreteScheduler", {}),
     "heun": SamplerEntry("heun", "HeunDiscreteScheduler", {}),
     "kdpm2": SamplerEntry("kdpm2", "KDPM2DiscreteScheduler", {}),
     "kdpm2-a": SamplerEntry("kdpm2", "KDPM2AncestralDiscreteScheduler", {}),
+    "lms": SamplerEntry("lms", "LMSDiscreteScheduler", {}),
     "deis": SamplerEntry("deis", "DEISMultistepScheduler", {}),
 }  # fmt: skip
 NAMES = tuple(SAMPLERS)

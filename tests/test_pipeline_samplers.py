@@ -14,7 +14,8 @@ diffusers = pytest.importorskip("diffusers")
 
 # measured max |ours - diffusers| over the cases below (images in [0, 1]), every sampler through the
 # linear-table plans in the sampling loop: 1.6e-6 (dpm++2m-sde; the others 4.2e-7 .. 1.2e-6: float32 U-Net and the
-# table's folded coefficients; kdpm2 / kdpm2-a 8.3e-7 .. 1.5e-6). The bound for pipelines is 1e-3.
+# table's folded coefficients; kdpm2 / kdpm2-a 8.3e-7 .. 1.5e-6; lms 4.2e-7 .. 6.0e-7; dpm++2s / 3s
+# 5.4e-7 .. 8.9e-7, dpm++2s-sde 1.7e-6). The bound for pipelines is 1e-3.
 PIPELINE_TOL = 1e-5
 TRAIN_STEPS = 200
 
@@ -65,6 +66,12 @@ CASES = [
     ("kdpm2", 5, {"prediction_type": "v_prediction"}, False),
     ("kdpm2-a", 5, {}, False),
     ("kdpm2-a", 5, {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}, True),
+    ("lms", 9, {}, False),
+    ("lms", 7, {"prediction_type": "v_prediction", "timestep_spacing": "leading"}, True),
+    ("dpm++2s", 9, {}, False),
+    ("dpm++2s", 8, {"prediction_type": "v_prediction"}, True),
+    ("dpm++3s", 10, {}, True),
+    ("dpm++2s-sde", 7, {}, False),
 ]
 
 

@@ -38,9 +38,9 @@ class MultistepScheduler(TableDriven, ConfigMixin):
                 f"scheduler config field prediction_type={c.prediction_type!r} is not one of "
                 f"{', '.join(MULTISTEP_PREDICTIONS)}"
             )
-        if c.timestep_spacing not in TIMESTEP_SPACINGS:
+        if self._timestep_spacing() not in TIMESTEP_SPACINGS:
             raise ValueError(
-                f"scheduler config field timestep_spacing={c.timestep_spacing!r} is not one of "
+                f"scheduler config field timestep_spacing={self._timestep_spacing()!r} is not one of "
                 f"{', '.join(TIMESTEP_SPACINGS)}"
             )
         if c.solver_order not in (1, 2, 3):
@@ -76,11 +76,21 @@ class MultistepScheduler(TableDriven, ConfigMixin):
     def set_begin_index(self, begin_index: int = 0) -> None:
         self._begin_index = begin_index
 
+    def _timestep_spacing(self) -> str:
+        """The config's timestep_spacing (DPMSolverSinglestep has no such field: it always spaces linearly)."""
+        return self.config.timestep_spacing
+
+    def _own_field(self, key: str) -> Any:
+        """A config field of this class, or None where the class has no such field: from_config keeps other
+        classes' keys in the config (as diffusers does), and they must not switch anything on here."""
+        return self.config.get(key) if key in self._init_keys() else None
+
     def _spaced_timesteps(self, steps: int, last_timestep: int) -> np.ndarray:
         c = self.config
-        if c.timestep_spacing == "linspace":
+        spacing = self._timestep_spacing()
+        if spacing == "linspace":
             return np.linspace(0, last_timestep - 1, steps + 1).round()[::-1][:-1].copy().astype(np.int64)
-        if c.timestep_spacing == "leading":
+        if spacing == "leading":
             ratio = last_timestep // (steps + 1)
             out = (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64)
             return out + c.steps_offset
@@ -110,7 +120,7 @@ class MultistepScheduler(TableDriven, ConfigMixin):
         if custom is not None:
             if num_inference_steps is not None:
                 raise ValueError("pass only one of num_inference_steps and timesteps")
-            if sigmas.spacing_of(c) is not None or c.get("use_lu_lambdas"):
+            if sigmas.spacing_of(c) is not None or self._own_field("use_lu_lambdas"):
                 raise ValueError(
                     "set_timesteps(timesteps=...) cannot be combined with the config's sigma spacing"
                 )
@@ -127,13 +137,18 @@ class MultistepScheduler(TableDriven, ConfigMixin):
         log_sigmas = np.log(train)
         spacing = sigmas.spacing_of(c)
         spaced = None
-        if spacing is not None:
-            spaced = sigmas.spaced(spacing, np.flip(train).copy(), steps)
+        lu = self._own_field("use_lu_lambdas") and spacing != "karras"  # diffusers: Karras, Lu, the others
+        if spacing is not None and not lu:
+            # sigma_min / sigma_max: diffusers reads them with hasattr(config, ...), so a key that from_config
+            # kept from another class's config (Euler's) bounds the spacing here too
+            spaced = sigmas.spaced(
+                spacing, np.flip(train).copy(), steps, c.get("sigma_min"), c.get("sigma_max")
+            )
             timesteps = np.array([sigmas.sigma_to_t(s, log_sigmas) for s in spaced])
             if spacing == "karras" and (self.karras_rounds_always or c.beta_schedule != "squaredcos_cap_v2"):
                 timesteps = timesteps.round()
             step_sigmas = spaced
-        elif c.get("use_lu_lambdas"):
+        elif lu:
             lambdas = sigmas.lu_lambdas(np.flip(log_sigmas.copy()), steps)
             step_sigmas = np.exp(lambdas)
             timesteps = np.array([sigmas.sigma_to_t(s, log_sigmas) for s in step_sigmas])
