@@ -193,9 +193,10 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
     def _coefficients(self, order: int, h, exp=torch.exp, sqrt=torch.sqrt) -> list[Any]:
-        """[weight of the kept sample, of D0, of D1 (midpoint order 3: of D1_1), of D2, of the noise] for
-        these settings, as diffusers writes each term (``exp`` / ``sqrt`` work on tensors or floats).
-        ``lam`` values come from ``_lambdas``; a missing term is None."""
+        """[weight of the kept sample, of D0, of D1 (midpoint order 3: of D1_1), of D2, of the noise] of the
+        current call's update of this order, h = lambda_next - lambda at the group's first call; each as
+        diffusers writes the term, on float32 0-d tensors (``step``) or on float64 floats (the table), a
+        missing term None. Heun's D1 weight is also midpoint order 3's weight of D1_1."""
         i, kind, heun = self.step_index, self.config.algorithm_type, self.config.solver_type == "heun"
         _, alpha_t, sigma_t = self._lambda_alpha_sigma(i + 1)
         _, alpha_s, sigma_s = self._lambda_alpha_sigma(i + 1 - order)
