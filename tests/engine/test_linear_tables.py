@@ -71,6 +71,12 @@ def _configs():
     # in diffusers too)
     yield "UniPCMultistepScheduler", {"lower_order_final": False, "solver_order": 3, "timestep_spacing": "trailing",
                                       "final_sigmas_type": "sigma_min"}  # fmt: skip
+    yield "UniPCMultistepScheduler", {"use_flow_sigmas": True, "flow_shift": 3.0}  # alpha = 1 - sigma
+    yield "UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
+                                      "solver_order": 3, "final_sigmas_type": "sigma_min"}  # fmt: skip
+    # (predict_x0=False to a zero final sigma multiplies inf by 0: NaN, in diffusers too)
+    yield "UniPCMultistepScheduler", {"use_flow_sigmas": True, "use_karras_sigmas": True, "predict_x0": False,
+                                      "final_sigmas_type": "sigma_min"}  # fmt: skip
     for order, p in itertools.product([1, 2, 3], predictions):
         yield "DEISMultistepScheduler", {"solver_order": order, "prediction_type": p}
     yield "DEISMultistepScheduler", {"use_karras_sigmas": True, "lower_order_final": False}
