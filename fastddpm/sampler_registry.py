@@ -33,6 +33,7 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "kdpm2": SamplerEntry("kdpm2", "KDPM2DiscreteScheduler", {}),
     "kdpm2-a": SamplerEntry("kdpm2", "KDPM2AncestralDiscreteScheduler", {}),
     "deis": SamplerEntry("deis", "DEISMultistepScheduler", {}),
+    "sa-solver": SamplerEntry("sa_solver", "SASolverScheduler", {}),
 }  # fmt: skip
 NAMES = tuple(SAMPLERS)
 

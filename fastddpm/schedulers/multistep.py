@@ -98,7 +98,13 @@ class MultistepScheduler(TableDriven, ConfigMixin):
         return np.arange(last_timestep, 0, -ratio).round().copy().astype(np.int64) - 1
 
     def _last_timestep(self) -> int:
-        return self.config.num_train_timesteps
+        """Where the spacing starts: every training step, less those whose lambda is below the config's
+        lambda_min_clipped where it has one (DPM-Solver, SA-Solver; critical for the cosine schedule)."""
+        clip = self.config.get("lambda_min_clipped")
+        if clip is None:
+            return self.config.num_train_timesteps
+        clipped = torch.searchsorted(torch.flip(self.lambda_t, [0]), clip)
+        return (self.config.num_train_timesteps - clipped).numpy().item()
 
     def _final_sigma(self, spaced: np.ndarray | None) -> float:
         """sigma after the last step: 0, or the smallest training sigma (or the spacing's own last)."""
