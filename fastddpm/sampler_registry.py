@@ -37,6 +37,7 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "kdpm2-a": SamplerEntry("kdpm2", "KDPM2AncestralDiscreteScheduler", {}),
     "lms": SamplerEntry("lms", "LMSDiscreteScheduler", {}),
     "deis": SamplerEntry("deis", "DEISMultistepScheduler", {}),
+    "sa-solver": SamplerEntry("sa_solver", "SASolverScheduler", {}),
 }  # fmt: skip
 NAMES = tuple(SAMPLERS)
 

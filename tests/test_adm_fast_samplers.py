@@ -33,6 +33,9 @@ diffusers = pytest.importorskip("diffusers")
 # On one torch thread (tests/conftest.py); with two, oneDNN's other reduction order grows Heun's error on
 # guided_64_cond to 1.2e-4 in its 3 steps.
 TOLERANCE = {"improved_cifar10": 5e-6, "guided_64_cond": 5e-6, "x0_prediction": 5e-5}
+# SA-Solver against its float64 loop: measured 1.1e-6 (improved_cifar10), 8.0e-6 (guided_64_cond, Karras
+# sigmas, where the table's float32-rounded weights cancel; diffusers' float32 loop is 1.0e-5 off it there).
+SA_SOLVER_TOLERANCE = 2e-5
 
 
 def diffusers_loop(model, flags, name, karras, steps, batch, size, labels, generator):
@@ -51,6 +54,11 @@ def diffusers_loop(model, flags, name, karras, steps, batch, size, labels, gener
     }
     scheduler = getattr(diffusers, class_name).from_config(config)
     scheduler.set_timesteps(steps)
+    if name == "sa-solver":
+        # its weights come from the 0-d sigma tensors (exp((1 + tau^2) lambda) into cancelling Lagrange
+        # weights): with float32 sigmas, diffusers' own loop is 1.0e-5 off this float64 one on
+        # guided_64_cond with Karras sigmas (see SA_SOLVER_TOLERANCE)
+        scheduler.sigmas = scheduler.sigmas.double()
     if labels is None and flags["class_cond"]:
         labels = torch.randint(0, 1000, (batch,), generator=generator)  # drawn before x_T, as their scripts
     x = randn_tensor((batch, 3, size, size), generator=generator, dtype=torch.float32)
@@ -112,6 +120,8 @@ CASES = [
     ("improved_cifar10", "dpm++2s-sde", False, 5, None),
     ("x0_prediction", "lms", False, 4, None),
     ("x0_prediction", "dpm++3s", False, 4, None),
+    ("improved_cifar10", "sa-solver", False, 5, None),  # stochastic: a draw at every step
+    ("guided_64_cond", "sa-solver", True, 5, [4, 11]),
     ("x0_prediction", "euler", False, 4, None),
     ("x0_prediction", "dpm++2m", True, 4, None),
 ]
@@ -134,7 +144,7 @@ def test_fast_samplers_match_diffusers_loop_on_adm(pipes, family, name, karras, 
     assert expected.abs().max().item() > 1.5  # far from the clamp: the comparison can fail
     error = ((samples - expected).abs().max() / expected.abs().max()).item()
     print(f"MEASURED {family} {name} karras={karras}: {error:.2e} of {expected.abs().max().item():.3g}")
-    assert error < TOLERANCE[family]
+    assert error < (SA_SOLVER_TOLERANCE if name == "sa-solver" else TOLERANCE[family])
 
 
 def test_fast_sampler_names_are_no_longer_refused_and_unknown_ones_error(pipes):

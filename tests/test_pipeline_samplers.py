@@ -15,7 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 # measured max |ours - diffusers| over the cases below (images in [0, 1]), every sampler through the
 # linear-table plans in the sampling loop: 1.6e-6 (dpm++2m-sde; the others 4.2e-7 .. 1.2e-6: float32 U-Net and the
 # table's folded coefficients; kdpm2 / kdpm2-a 8.3e-7 .. 1.5e-6; lms 4.2e-7 .. 6.0e-7; dpm++2s / 3s
-# 5.4e-7 .. 8.9e-7, dpm++2s-sde 1.7e-6). The issue's bound for pipelines is 1e-3.
+# 5.4e-7 .. 8.9e-7, dpm++2s-sde 1.7e-6; sa-solver 6.3e-7 .. 9.5e-7). The issue's bound for pipelines is 1e-3.
 PIPELINE_TOL = 1e-5
 TRAIN_STEPS = 200
 
@@ -72,6 +72,8 @@ CASES = [
     ("dpm++2s", 8, {"prediction_type": "v_prediction"}, True),
     ("dpm++3s", 10, {}, True),
     ("dpm++2s-sde", 7, {}, False),
+    ("sa-solver", 9, {}, False),
+    ("sa-solver", 7, {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}, True),
 ]
 
 
@@ -110,7 +112,7 @@ def test_philox_noise_is_independent_of_batch_for_stochastic_samplers(small_unet
     ours = fastddpm.Pipeline.from_diffusers(
         diffusers.DDPMPipeline(small_unet, diffusers.DDPMScheduler.from_config(config))
     )
-    for name in ("euler-a", "dpm++2m-sde"):
+    for name in ("euler-a", "dpm++2m-sde", "sa-solver"):
         kwargs = dict(
             num_inference_steps=5, sampler=name, noise="philox", seed=4, output_type="pt", progress=False
         )
@@ -209,3 +211,31 @@ def test_dpm_solver_on_a_learned_variance_model_matches_diffusers_table_driven(m
     assert inside > 0.15, f"only {inside:.0%} of the pixels are unclamped: the comparison would say little"
     print(f"MEASURED learned-variance dpm++2m: {(got - expected).abs().max().item():.2e}")
     assert_close(got, expected, PIPELINE_TOL, 0, "dpm++2m on a learned-variance net")
+
+
+def test_unipc_with_flow_sigmas_as_the_sampler_matches_diffusers(small_unet, monkeypatch):
+    """A scheduler object with flow sigmas (alpha = 1 - sigma, Karras-mapped) runs table-driven in the
+    pipeline and matches diffusers' loop with diffusers' class (measured 8.1e-7)."""
+    from fastddpm.engine import runner
+
+    monkeypatch.setattr(runner, "run_eager_loop", None)  # must not be reached
+    config = model_factory.ddpm_scheduler_config(num_train_timesteps=TRAIN_STEPS)
+    ours = fastddpm.Pipeline.from_diffusers(
+        diffusers.DDPMPipeline(small_unet, diffusers.DDPMScheduler.from_config(config))
+    )
+    flow = {
+        "use_flow_sigmas": True,
+        "use_karras_sigmas": True,
+        "flow_shift": 3.0,
+        "final_sigmas_type": "sigma_min",
+    }
+    expected = diffusers_loop(
+        small_unet, diffusers.UniPCMultistepScheduler.from_config(config, **flow), 6, 2, 7
+    )
+    scheduler = fastddpm.UniPCMultistepScheduler.from_config(config, **flow)
+    got = ours(
+        batch_size=2, generator=torch.manual_seed(7), num_inference_steps=6, sampler=scheduler, output_type="pt",
+        progress=False,
+    ).images  # fmt: skip
+    print(f"MEASURED unipc flow sigmas: {(got - expected).abs().max().item():.2e}")
+    assert_close(got, expected, PIPELINE_TOL, 0, "unipc flow sigmas")

@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"one of {', '.join(SAMPLER_NAMES)} (default ddim)",
     )
     sample.add_argument(
-        "--karras", action="store_true", help="Karras sigmas (dpm++*, unipc, euler, heun, deis)"
+        "--karras",
+        action="store_true",
+        help="Karras sigmas (dpm++*, unipc, euler, heun, kdpm2, kdpm2-a, deis, sa-solver)",
     )
     sample.add_argument(
         "--steps",
@@ -207,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=_positive_int, default=10)
     bench.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", metavar="NAME")
     bench.add_argument(
-        "--karras", action="store_true", help="Karras sigmas (dpm++*, unipc, euler, heun, deis)"
+        "--karras",
+        action="store_true",
+        help="Karras sigmas (dpm++*, unipc, euler, heun, kdpm2, kdpm2-a, deis, sa-solver)",
     )
     bench.add_argument(
         "--repeats", type=_positive_int, default=2, help="timed runs per engine (best is shown)"

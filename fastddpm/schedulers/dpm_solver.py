@@ -94,10 +94,6 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             {"use_flow_sigmas": use_flow_sigmas, "use_dynamic_shifting": use_dynamic_shifting}
         )
 
-    def _last_timestep(self) -> int:
-        clipped = torch.searchsorted(torch.flip(self.lambda_t, [0]), self.config.lambda_min_clipped)
-        return (self.config.num_train_timesteps - clipped).numpy().item()
-
     @property
     def _is_sde(self) -> bool:
         return self.config.algorithm_type.startswith("sde-")

@@ -24,27 +24,28 @@ MULTISTEP_PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
 class MultistepScheduler(TableDriven, ConfigMixin):
     order = 1
+    prediction_types = MULTISTEP_PREDICTIONS
     init_noise_sigma = 1.0
     _compatibles = ALL_SCHEDULERS
     karras_rounds_always = True  # DPM-Solver keeps fractional timesteps for squaredcos_cap_v2
     final_sigma_from_spacing = True  # UniPC/DEIS end a spaced schedule at its own last sigma
     takes_custom_timesteps = False  # set_timesteps(timesteps=[...]): DPM-Solver only, as in diffusers
+    takes_flow_sigmas = False  # set_timesteps(sigmas=[...]) with use_flow_sigmas: UniPC only, as in diffusers
 
     def _setup_schedule(self, unsupported: dict[str, Any]) -> None:
         c = self.config
         refuse_unsupported(self, **unsupported)
-        if c.prediction_type not in MULTISTEP_PREDICTIONS:
+        if c.prediction_type not in self.prediction_types:
             raise ValueError(
                 f"scheduler config field prediction_type={c.prediction_type!r} is not one of "
-                f"{', '.join(MULTISTEP_PREDICTIONS)}"
+                f"{', '.join(self.prediction_types)}"
             )
         if self._timestep_spacing() not in TIMESTEP_SPACINGS:
             raise ValueError(
                 f"scheduler config field timestep_spacing={self._timestep_spacing()!r} is not one of "
                 f"{', '.join(TIMESTEP_SPACINGS)}"
             )
-        if c.solver_order not in (1, 2, 3):
-            raise ValueError(f"scheduler config field solver_order={c.solver_order!r} must be 1, 2 or 3")
+        self._check_orders()
         if c.trained_betas is None and c.beta_schedule not in schedules.BETA_SCHEDULES:
             raise ValueError(
                 f"scheduler config field beta_schedule={c.beta_schedule!r} is not one of "
@@ -59,10 +60,19 @@ class MultistepScheduler(TableDriven, ConfigMixin):
         self.num_inference_steps: int | None = None
         train = c.num_train_timesteps
         self.timesteps = torch.from_numpy(np.linspace(0, train - 1, train, dtype=np.float32)[::-1].copy())
-        self.model_outputs: list[torch.Tensor | None] = [None] * c.solver_order
+        self.model_outputs: list[torch.Tensor | None] = [None] * self._history_length()
         self.lower_order_nums = 0
         self._step_index: int | None = None
         self._begin_index: int | None = None
+
+    def _check_orders(self) -> None:
+        c = self.config
+        if c.solver_order not in (1, 2, 3):
+            raise ValueError(f"scheduler config field solver_order={c.solver_order!r} must be 1, 2 or 3")
+
+    def _history_length(self) -> int:
+        """How many converted model outputs ``model_outputs`` holds."""
+        return self.config.solver_order
 
     # -------------------------------------------------------------------------------------- timesteps
     @property
@@ -98,7 +108,13 @@ class MultistepScheduler(TableDriven, ConfigMixin):
         return np.arange(last_timestep, 0, -ratio).round().copy().astype(np.int64) - 1
 
     def _last_timestep(self) -> int:
-        return self.config.num_train_timesteps
+        """Where the spacing starts: every training step, less those whose lambda is below the config's
+        lambda_min_clipped where it has one (DPM-Solver, SA-Solver; critical for the cosine schedule)."""
+        clip = self.config.get("lambda_min_clipped")
+        if clip is None:
+            return self.config.num_train_timesteps
+        clipped = torch.searchsorted(torch.flip(self.lambda_t, [0]), clip)
+        return (self.config.num_train_timesteps - clipped).numpy().item()
 
     def _final_sigma(self, spaced: np.ndarray | None) -> float:
         """sigma after the last step: 0, or the smallest training sigma (or the spacing's own last)."""
@@ -113,10 +129,18 @@ class MultistepScheduler(TableDriven, ConfigMixin):
     ) -> None:
         """The step timesteps (descending, int64) and sigmas (one more: the final sigma), float32."""
         custom = kwargs.pop("timesteps", None) if self.takes_custom_timesteps else None
+        custom_sigmas = kwargs.pop("sigmas", None) if self.takes_flow_sigmas else None
         extra = {k: v for k, v in kwargs.items() if v is not None}
         if extra:
             raise ValueError(f"set_timesteps argument {next(iter(extra))!r} is not supported by fastddpm")
         c = self.config
+        flow = bool(c.get("use_flow_sigmas"))
+        if custom_sigmas is not None:
+            if not flow:
+                raise ValueError(
+                    "set_timesteps(sigmas=...) needs use_flow_sigmas=True in the scheduler config"
+                )
+            num_inference_steps = len(custom_sigmas)  # as diffusers: the list sets the number of steps
         if custom is not None:
             if num_inference_steps is not None:
                 raise ValueError("pass only one of num_inference_steps and timesteps")
@@ -134,7 +158,8 @@ class MultistepScheduler(TableDriven, ConfigMixin):
             steps = int(num_inference_steps)
             timesteps = self._spaced_timesteps(steps, self._last_timestep())
         train = sigmas.train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(train)
+        in_sigmas = train if custom_sigmas is None else np.array(custom_sigmas)
+        log_sigmas = np.log(in_sigmas)
         spacing = sigmas.spacing_of(c)
         spaced = None
         lu = self._own_field("use_lu_lambdas") and spacing != "karras"  # diffusers: Karras, Lu, the others
@@ -142,11 +167,17 @@ class MultistepScheduler(TableDriven, ConfigMixin):
             # sigma_min / sigma_max: diffusers reads them with hasattr(config, ...), so a key that from_config
             # kept from another class's config (Euler's) bounds the spacing here too
             spaced = sigmas.spaced(
-                spacing, np.flip(train).copy(), steps, c.get("sigma_min"), c.get("sigma_max")
+                spacing, np.flip(in_sigmas).copy(), steps, c.get("sigma_min"), c.get("sigma_max")
             )
-            timesteps = np.array([sigmas.sigma_to_t(s, log_sigmas) for s in spaced])
-            if spacing == "karras" and (self.karras_rounds_always or c.beta_schedule != "squaredcos_cap_v2"):
-                timesteps = timesteps.round()
+            if flow and spacing == "karras":  # diffusers maps Karras sigmas onto flow sigmas s / (s + 1)
+                spaced = spaced / (spaced + 1)
+                timesteps = (spaced * c.num_train_timesteps).copy()
+            else:  # (exponential / beta ignore use_flow_sigmas in diffusers)
+                timesteps = np.array([sigmas.sigma_to_t(s, log_sigmas) for s in spaced])
+                if spacing == "karras" and (
+                    self.karras_rounds_always or c.beta_schedule != "squaredcos_cap_v2"
+                ):
+                    timesteps = timesteps.round()
             step_sigmas = spaced
         elif lu:
             lambdas = sigmas.lu_lambdas(np.flip(log_sigmas.copy()), steps)
@@ -154,13 +185,16 @@ class MultistepScheduler(TableDriven, ConfigMixin):
             timesteps = np.array([sigmas.sigma_to_t(s, log_sigmas) for s in step_sigmas])
             if c.beta_schedule != "squaredcos_cap_v2":
                 timesteps = timesteps.round()
+        elif flow:
+            spaced = step_sigmas = sigmas.flow(steps, c.num_train_timesteps, c.flow_shift, custom_sigmas)
+            timesteps = (step_sigmas * c.num_train_timesteps).copy()
         else:
             step_sigmas = np.interp(timesteps, np.arange(0, len(train)), train)
         final = self._final_sigma(spaced)
         self.sigmas = torch.from_numpy(np.concatenate([step_sigmas, [final]]).astype(np.float32))
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)
-        self.model_outputs = [None] * c.solver_order
+        self.model_outputs = [None] * self._history_length()
         self.lower_order_nums = 0
         self._step_index = None
         self._begin_index = None
@@ -191,8 +225,10 @@ class MultistepScheduler(TableDriven, ConfigMixin):
             self._init_step_index(timestep)
 
     # ------------------------------------------------------------------------------------ conversions
-    @staticmethod
-    def _sigma_to_alpha_sigma_t(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sigma_to_alpha_sigma_t(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t) of a step sigma: the VP form, or with flow sigmas x_t = (1 - s) x0 + s eps."""
+        if self.config.get("use_flow_sigmas"):
+            return 1 - sigma, sigma
         alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
         return alpha_t, sigma * alpha_t
 

@@ -63,6 +63,20 @@ def lu_lambdas(in_lambdas: np.ndarray, steps: int) -> np.ndarray:
     return high + ramp * (low - high)
 
 
+def flow(steps: int, train_steps: int, shift: float, custom=None) -> np.ndarray:
+    """Flow-matching sigmas (x_t = (1 - s) x0 + s eps), float64 as diffusers' UniPC: uniform from 1 down to
+    1 / train_steps (or ``custom``), shifted by s' = shift s / (1 + (shift - 1) s); a first sigma within 1e-6
+    of 1 moves 1e-6 down, so that alpha = 1 - s and log(alpha) stay finite."""
+    if custom is None:
+        values = np.linspace(1, 1 / train_steps, steps + 1)[:-1]
+    else:
+        values = np.array(custom)
+    values = shift * values / (1 + (shift - 1) * values)
+    if np.fabs(values[0] - 1) < 1e-6:
+        values[0] -= 1e-6
+    return values
+
+
 def sigma_to_t(sigma: np.ndarray | float, log_sigmas: np.ndarray) -> np.ndarray:
     """The fractional training timestep whose log sigma (linearly interpolated) equals log(sigma)."""
     sigma = np.asarray(sigma)

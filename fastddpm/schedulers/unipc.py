@@ -17,7 +17,7 @@ import torch
 from fastddpm.schedulers.base import SchedulerOutput
 from fastddpm.schedulers.config_mixin import register_to_config
 from fastddpm.schedulers.linear_rows import OUT, Lin, LinearStep, X, slot
-from fastddpm.schedulers.multistep import MultistepScheduler
+from fastddpm.schedulers.multistep import MULTISTEP_PREDICTIONS, MultistepScheduler
 
 SOLVER_TYPES = ("bh1", "bh2")
 
@@ -26,6 +26,8 @@ class UniPCMultistepScheduler(MultistepScheduler):
     """UniPC, as diffusers.UniPCMultistepScheduler."""
 
     kind = "unipc"
+    prediction_types = (*MULTISTEP_PREDICTIONS, "flow_prediction")
+    takes_flow_sigmas = True
 
     @register_to_config
     def __init__(
@@ -68,9 +70,12 @@ class UniPCMultistepScheduler(MultistepScheduler):
             raise ValueError(
                 f"scheduler config field final_sigmas_type={final_sigmas_type!r} is not zero or sigma_min"
             )
+        if prediction_type == "flow_prediction" and not predict_x0:
+            raise ValueError(
+                "scheduler config field prediction_type='flow_prediction' needs predict_x0=True (as in diffusers)"
+            )
         self._setup_schedule(
             {
-                "use_flow_sigmas": use_flow_sigmas,
                 "use_dynamic_shifting": use_dynamic_shifting,
                 "solver_p": solver_p,
                 "shift_terminal": shift_terminal,
@@ -100,6 +105,8 @@ class UniPCMultistepScheduler(MultistepScheduler):
                 x0 = (sample - sigma_t * model_output) / alpha_t
             elif c.prediction_type == "sample":
                 x0 = model_output
+            elif c.prediction_type == "flow_prediction":
+                x0 = sample - self.sigmas[self.step_index] * model_output
             else:
                 x0 = alpha_t * sample - sigma_t * model_output
             return self._threshold_sample(x0) if c.thresholding else x0
@@ -219,9 +226,13 @@ class UniPCMultistepScheduler(MultistepScheduler):
     def _vp_schedule(self) -> tuple[list[float], list[float], list[float]]:
         """float64 (lambda, alpha, sigma) at every entry of ``sigmas``, for one table build."""
         lam, alpha, sigma = [], [], []
+        flow = self.config.use_flow_sigmas
         for j in range(len(self.sigmas)):
-            a = 1 / (float(self.sigmas[j]) ** 2 + 1) ** 0.5
-            s = float(self.sigmas[j]) * a
+            if flow:  # x_t = (1 - s) x0 + s eps
+                a, s = 1 - float(self.sigmas[j]), float(self.sigmas[j])
+            else:
+                a = 1 / (float(self.sigmas[j]) ** 2 + 1) ** 0.5
+                s = float(self.sigmas[j]) * a
             alpha.append(a)
             sigma.append(s)
             lam.append(math.log(a) - math.log(s) if s > 0 else math.inf)
@@ -268,6 +279,7 @@ class UniPCMultistepScheduler(MultistepScheduler):
                 "epsilon": (X - sigma * OUT) / alpha,
                 "sample": OUT,
                 "v_prediction": alpha * X - sigma * OUT,
+                "flow_prediction": X - float(self.sigmas[i]) * OUT,
             }[prediction]
         return {"epsilon": OUT, "sample": (X - alpha * OUT) / sigma, "v_prediction": alpha * OUT + sigma * X}[
             prediction

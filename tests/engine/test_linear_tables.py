@@ -9,7 +9,10 @@ at order 3, heun, SDE, exponential sigmas, where both float32 loops are 9e-6 .. 
 LMS 8.4e-7; the others <= 2.0e-6; bound 2e-5). One family is looser: UniPC with predict_x0=False and
 prediction_type="sample" turns x0 into eps through 1 / sigma (about 100 at the smallest sigma), and there the
 float32 scheduler loop itself is 5.5e-5 off the same loop in float64, while the table is 2.0e-5 off it
-(table vs scheduler 6.4e-5; bound 1e-4).
+(table vs scheduler 6.4e-5; bound 1e-4). SA-Solver is looser again, from the scheduler's side: diffusers' float32
+weights multiply exp((1 + tau^2) lambda) (up to 1e4) into Lagrange weights that cancel, so its float32 loop is
+up to 2.6e-4 off the same loop in float64 while the table (float64 weights, rounded once) is 3.7e-5 off it
+(table vs scheduler 2.7e-4; bound 5e-4; tests/schedulers/test_sa_solver.py bounds the table against float64).
 """
 
 import copy
@@ -32,6 +35,7 @@ from tests.tolerances import assert_close
 SHAPE = (2, 3, 4, 5)
 TOL = 2e-5
 TOL_THROUGH_ONE_OVER_SIGMA = 1e-4
+TOL_SA_SOLVER = 5e-4
 
 
 class DummyNet(torch.nn.Module):
@@ -45,6 +49,11 @@ class DummyNet(torch.nn.Module):
     def forward(self, x, t):
         out = torch.sin(0.7 * x + t.float().reshape(-1, 1, 1, 1) / 97.0) * 1.3
         return torch.cat([out, torch.cos(x) * 9.0], 1) if self.variance else out
+
+
+def half_noise_late(t) -> float:
+    """An SA-Solver stochasticity other than the default: tau 0.5 above timestep 500, 1 below."""
+    return 0.5 if t > 500 else 1
 
 
 def _configs():
@@ -72,6 +81,12 @@ def _configs():
     # (order 3 at the last step needs a nonzero final sigma: with 0 the Vandermonde system is singular,
     # in diffusers too)
     yield "UniPCMultistepScheduler", {"lower_order_final": False, "solver_order": 3, "timestep_spacing": "trailing",
+                                      "final_sigmas_type": "sigma_min"}  # fmt: skip
+    yield "UniPCMultistepScheduler", {"use_flow_sigmas": True, "flow_shift": 3.0}  # alpha = 1 - sigma
+    yield "UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
+                                      "solver_order": 3, "final_sigmas_type": "sigma_min"}  # fmt: skip
+    # (predict_x0=False to a zero final sigma multiplies inf by 0: NaN, in diffusers too)
+    yield "UniPCMultistepScheduler", {"use_flow_sigmas": True, "use_karras_sigmas": True, "predict_x0": False,
                                       "final_sigmas_type": "sigma_min"}  # fmt: skip
     for order, p in itertools.product([1, 2, 3], predictions):
         yield "DEISMultistepScheduler", {"solver_order": order, "prediction_type": p}
@@ -108,6 +123,18 @@ def _configs():
     yield "DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3,
                                            "solver_type": "heun", "use_exponential_sigmas": True}  # fmt: skip
     yield "DPMSolverSinglestepScheduler", {"lower_order_final": False, "final_sigmas_type": "sigma_min"}
+    for predictor, corrector, algorithm, p in [
+        (2, 2, "data_prediction", "epsilon"),
+        (3, 4, "data_prediction", "v_prediction"),  # 4 outputs for the corrector: 5 state slots
+        (4, 1, "data_prediction", "sample"),
+        (1, 3, "noise_prediction", "epsilon"),
+        (3, 3, "noise_prediction", "v_prediction"),
+    ]:
+        yield "SASolverScheduler", {"predictor_order": predictor, "corrector_order": corrector,
+                                    "algorithm_type": algorithm, "prediction_type": p}  # fmt: skip
+    yield "SASolverScheduler", {"use_karras_sigmas": True, "lower_order_final": False, "predictor_order": 3}
+    yield "SASolverScheduler", {"tau_func": half_noise_late, "timestep_spacing": "trailing"}
+    yield "SASolverScheduler", {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}
     for skip, p, spacing in itertools.product(
         [False, True], ["epsilon", "v_prediction"], ["leading", "linspace"]
     ):
@@ -120,7 +147,10 @@ CASES = [(name, config, steps) for name, config in _configs() for steps in (7, 1
 
 def _id(case):
     name, config, steps = case
-    return f"{name.replace('Scheduler', '')}-{steps}-" + ",".join(f"{k}={v}" for k, v in config.items())
+    values = {
+        k: getattr(v, "__name__", v) for k, v in config.items()
+    }  # a function by its name, not its address
+    return f"{name.replace('Scheduler', '')}-{steps}-" + ",".join(f"{k}={v}" for k, v in values.items())
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
@@ -141,7 +171,8 @@ def test_table_loop_matches_the_scheduler_loop(case):
     got = loop.run(x_T * plan.init_noise_sigma, 0, plan.noise_draws, draw)
     error = float((got - expected).abs().max() / (1 + expected.abs().max()))
     amplified = config.get("predict_x0") is False and config.get("prediction_type") == "sample"
-    assert error <= (TOL_THROUGH_ONE_OVER_SIGMA if amplified else TOL), error
+    bound = TOL_SA_SOLVER if name == "SASolverScheduler" else TOL_THROUGH_ONE_OVER_SIGMA if amplified else TOL
+    assert error <= bound, error
 
 
 @pytest.mark.parametrize(

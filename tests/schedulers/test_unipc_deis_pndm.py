@@ -67,7 +67,7 @@ def test_pndm_matches_diffusers(config, steps):
     "cls,config,field",
     [
         (UniPCMultistepScheduler, {"solver_type": "rk"}, "solver_type"),
-        (UniPCMultistepScheduler, {"use_flow_sigmas": True}, "use_flow_sigmas"),
+        (UniPCMultistepScheduler, {"use_dynamic_shifting": True}, "use_dynamic_shifting"),
         (UniPCMultistepScheduler, {"solver_p": object()}, "solver_p"),
         (DEISMultistepScheduler, {"algorithm_type": "x"}, "algorithm_type"),
         (DEISMultistepScheduler, {"solver_order": 5}, "solver_order"),
