@@ -32,6 +32,7 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "heun": SamplerEntry("heun", "HeunDiscreteScheduler", {}),
     "kdpm2": SamplerEntry("kdpm2", "KDPM2DiscreteScheduler", {}),
     "kdpm2-a": SamplerEntry("kdpm2", "KDPM2AncestralDiscreteScheduler", {}),
+    "dpm-sde": SamplerEntry("dpm_sde", "DPMSolverSDEScheduler", {}),
     "deis": SamplerEntry("deis", "DEISMultistepScheduler", {}),
 }  # fmt: skip
 NAMES = tuple(SAMPLERS)

@@ -65,6 +65,10 @@ CASES = [
     ("kdpm2", 5, {"prediction_type": "v_prediction"}, False),
     ("kdpm2-a", 5, {}, False),
     ("kdpm2-a", 5, {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}, True),
+    # the Brownian tree's seed: config.noise_sampler_seed is None, so both draw it from torch's global RNG
+    # (here the generator) after x_T
+    ("dpm-sde", 5, {}, False),
+    ("dpm-sde", 5, {"prediction_type": "v_prediction", "timestep_spacing": "leading"}, True),
 ]
 
 
