@@ -253,7 +253,7 @@ class Pipeline:
         self._check_respacing(scheduler, num_inference_steps, timestep_respacing)
         plan = self._plan(
             scheduler, num_inference_steps, eta=float(eta), use_clipped_model_output=bool(use_clipped_model_output),
-            timestep_respacing=timestep_respacing, device=self.device,
+            timestep_respacing=timestep_respacing, device=self.device, noise=noise,
         )  # fmt: skip
         self._check_output_channels(plan)
         source = NoiseSource.for_call(noise, generator, seed)

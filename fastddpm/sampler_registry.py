@@ -36,6 +36,7 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "kdpm2": SamplerEntry("kdpm2", "KDPM2DiscreteScheduler", {}),
     "kdpm2-a": SamplerEntry("kdpm2", "KDPM2AncestralDiscreteScheduler", {}),
     "lms": SamplerEntry("lms", "LMSDiscreteScheduler", {}),
+    "dpm-sde": SamplerEntry("dpm_sde", "DPMSolverSDEScheduler", {}),
     "deis": SamplerEntry("deis", "DEISMultistepScheduler", {}),
     "sa-solver": SamplerEntry("sa_solver", "SASolverScheduler", {}),
 }  # fmt: skip

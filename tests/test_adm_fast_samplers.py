@@ -63,6 +63,15 @@ def diffusers_loop(model, flags, name, karras, steps, batch, size, labels, gener
         labels = torch.randint(0, 1000, (batch,), generator=generator)  # drawn before x_T, as their scripts
     x = randn_tensor((batch, 3, size, size), generator=generator, dtype=torch.float32)
     x = x.double() * scheduler.init_noise_sigma  # the sampler's arithmetic in float64 (see TOLERANCE)
+    if class_name == "DPMSolverSDEScheduler":
+        # its Brownian tree in float32 as fastddpm's (step would build it in x's float64, other numbers);
+        # seeded from the global RNG, where step would seed it
+        from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+        sigmas = scheduler.sigmas
+        scheduler.noise_sampler = BrownianTreeNoiseSampler(
+            x.float(), sigmas[sigmas > 0].min().item(), sigmas.max().item(), scheduler.noise_sampler_seed
+        )
     scale = 1000.0 / flags["diffusion_steps"] if flags["rescale_timesteps"] else 1.0
     kwargs = {"y": labels} if flags["class_cond"] else {}
     # diffusers' singlestep DPM-Solver draws its SDE noise in the converted output's dtype, float64 here,
@@ -122,6 +131,8 @@ CASES = [
     ("x0_prediction", "dpm++3s", False, 4, None),
     ("improved_cifar10", "sa-solver", False, 5, None),  # stochastic: a draw at every step
     ("guided_64_cond", "sa-solver", True, 5, [4, 11]),
+    ("improved_cifar10", "dpm-sde", False, 3, None),
+    ("guided_64_cond", "dpm-sde", True, 3, [4, 9]),
     ("x0_prediction", "euler", False, 4, None),
     ("x0_prediction", "dpm++2m", True, 4, None),
 ]
@@ -133,11 +144,13 @@ def test_fast_samplers_match_diffusers_loop_on_adm(pipes, family, name, karras, 
     # Random nets' epsilon is far from the noise, so their few-step samples lie far outside [-1, 1] and
     # the images would all clamp to 0 or 1 (equal whatever the loop did): compare the raw final samples.
     monkeypatch.setattr(pipeline_module, "to_output", lambda x, output_type: x)
+    torch.manual_seed(5)  # dpm-sde's Brownian tree takes its seed from the global RNG, on both sides
     samples = pipe(
         batch_size=2, sampler=name, num_inference_steps=steps, karras=karras, class_labels=labels,
         generator=torch.Generator().manual_seed(4), output_type="pt", progress=False,
     ).images  # fmt: skip
     label_tensor = None if labels is None else torch.tensor(labels)
+    torch.manual_seed(5)
     expected = diffusers_loop(
         model, flags, name, karras, steps, 2, size, label_tensor, torch.Generator().manual_seed(4)
     )

@@ -74,6 +74,10 @@ CASES = [
     ("dpm++2s-sde", 7, {}, False),
     ("sa-solver", 9, {}, False),
     ("sa-solver", 7, {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}, True),
+    # the Brownian tree's seed: config.noise_sampler_seed is None, so both draw it from torch's global RNG
+    # (here the generator) after x_T
+    ("dpm-sde", 5, {}, False),
+    ("dpm-sde", 5, {"prediction_type": "v_prediction", "timestep_spacing": "leading"}, True),
 ]
 
 

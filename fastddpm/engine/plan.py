@@ -11,6 +11,7 @@ diffusers' standard loop (eager_loop.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +78,9 @@ class SamplingPlan:
     Karras sigmas and ADM's process; the network wrapper may rescale them); ``table`` (steps, columns)
     float32 holds one row per network evaluation on the host; ``noise_draws`` says before which steps
     noise="torch" draws a normal from the generator (diffusers' and OpenAI's draw order); x_T is scaled by
-    ``init_noise_sigma``. ``name`` labels progress bars and messages.
+    ``init_noise_sigma``. ``name`` labels progress bars and messages. ``host_noise(shape, device)``, where a
+    sampler's noise="torch" draws are not the generator's normals (dpm-sde's Brownian tree), makes one run's
+    draw function in their place.
     """
 
     name: str
@@ -86,6 +89,7 @@ class SamplingPlan:
     update: SamplerStepUpdate | LinearUpdate
     noise_draws: tuple[bool, ...]
     init_noise_sigma: float | torch.Tensor = 1.0
+    host_noise: Callable[[tuple[int, ...], torch.device], Callable[[], torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         steps = len(self.timesteps)
@@ -149,9 +153,9 @@ class PlanDefaults:
 
 
 def plan_for(scheduler: Any, num_inference_steps: int | None, **settings: Any) -> SamplingPlan | EagerPlan:
-    """``scheduler``'s plan for these settings (eta, use_clipped_model_output, timestep_respacing, device; a
-    scheduler ignores those that do not apply to it, but timestep_respacing is ADM's alone). A scheduler
-    object that makes no plans (not fastddpm's, e.g. one of diffusers') runs eagerly."""
+    """``scheduler``'s plan for these settings (eta, use_clipped_model_output, timestep_respacing, device,
+    noise; a scheduler ignores those that do not apply to it, but timestep_respacing is ADM's alone). A
+    scheduler object that makes no plans (not fastddpm's, e.g. one of diffusers') runs eagerly."""
     make = getattr(scheduler, "sampling_plan", None)
     if make is not None:
         return make(num_inference_steps, **settings)

@@ -84,7 +84,10 @@ class SamplingEngine:
             loop, replay, status = self._loop(
                 plan, shape, device, noise, class_labels, compile, use_cuda_graph
             )
-            draw = None if noise.philox else noise.host_draws(shape, device)
+            draw = None
+            if not noise.philox:
+                make_draws = plan.host_noise or noise.host_draws
+                draw = make_draws(shape, device)
             if not (isinstance(plan.init_noise_sigma, float) and plan.init_noise_sigma == 1.0):
                 x_T = x_T * plan.init_noise_sigma
             x = loop.run(x_T, sample_offset, plan.noise_draws, draw, step=replay, progress=bar)

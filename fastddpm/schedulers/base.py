@@ -203,9 +203,11 @@ class Scheduler(PlanDefaults, ConfigMixin):
         use_clipped_model_output: bool = False,
         timestep_respacing: str | int | None = None,
         device: torch.device | str | None = None,
+        **ignored: Any,
     ) -> SamplingPlan:
         """These settings as a plan for the engine: the timesteps, the step table (one sampler_step row per
-        step) and the fused step's options; eta and use_clipped_model_output are DDIM's."""
+        step) and the fused step's options; eta and use_clipped_model_output are DDIM's (the noise source
+        is the engine's business here)."""
         refuse_respacing(timestep_respacing)
         steps = self.default_inference_steps() if num_inference_steps is None else num_inference_steps
         self.set_timesteps(steps)

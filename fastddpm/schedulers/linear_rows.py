@@ -144,12 +144,13 @@ class TableDriven(PlanDefaults):
             return "set_timesteps has not been called"
         return None
 
-    def linear_table(self) -> torch.Tensor:
-        """The whole schedule's LIN_* rows, in loop order (float32, on the CPU)."""
+    def linear_table(self, steps: list[LinearStep] | None = None) -> torch.Tensor:
+        """The whole schedule's LIN_* rows, in loop order (float32, on the CPU): ``linear_steps``' or, where a
+        sampler has another set for another noise source (dpm-sde's Philox bridge), ``steps``."""
         refusal = self.graph_refusal()
         if refusal is not None:
             raise ValueError(f"{type(self).__name__} cannot run table-driven: {refusal}")
-        steps = self.linear_steps()
+        steps = self.linear_steps() if steps is None else steps
         if len(steps) != len(self.timesteps):
             raise AssertionError(f"{len(steps)} table rows for {len(self.timesteps)} timesteps")
         table = build_table(steps, self.state_slots)

@@ -31,6 +31,7 @@ def images(pipe) -> torch.Tensor:
     generator to step(), which PNDM, UniPC, Heun and DEIS do not take, in diffusers as here)."""
     unet, scheduler = pipe.unet, pipe.scheduler
     generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # DPMSolverSDE seeds its Brownian tree from the global RNG (noise_sampler_seed None)
     scheduler.set_timesteps(4)
     x = torch.randn(2, 3, 8, 8, generator=generator) * scheduler.init_noise_sigma
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
