@@ -21,6 +21,7 @@ from fastddpm.engine.noise_source import NOISE_MODES, NoiseSource
 from fastddpm.engine.plan import DEFAULT_STEPS, EagerPlan, SamplingPlan, plan_for
 from fastddpm.engine.runner import SamplingEngine
 from fastddpm.schedulers import samplers
+from fastddpm.upsampling import low_res_batch, low_res_size
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 SAMPLERS = samplers.NAMES  # the sampler names (fastddpm/sampler_registry.py)
@@ -174,6 +175,16 @@ class Pipeline:
         embedding = getattr(self.unet, "label_emb", None) or getattr(self.unet, "class_embedding", None)
         return embedding.num_embeddings if embedding is not None else None
 
+    def philox_class_labels(self, count: int, seed: int, sample_offset: int = 0) -> torch.Tensor | None:
+        """The labels ``pipe(noise="philox", seed=seed, sample_offset=...)`` draws for images sample_offset ..
+        sample_offset + count - 1 when none are given (each depends on its index only), on the CPU; None for
+        a network without classes. The CLI records them beside a class-conditional run's images."""
+        classes = self.num_classes()
+        if classes is None:
+            return None
+        source = NoiseSource.for_call("philox", None, seed)
+        return source.class_labels(count, classes, sample_offset, torch.device("cpu"))
+
     def make_scheduler(self, sampler: str, config: dict[str, Any] | None = None, karras: bool = False):
         """The scheduler a sampler name stands for, from the checkpoint's (or the given) scheduler config
         (for an ADM checkpoint: their ddpm / ddim loops, the other names on a diffusers-style config)."""
@@ -208,6 +219,7 @@ class Pipeline:
         class_labels: torch.Tensor | list[int] | None = None,
         latents: torch.Tensor | None = None,
         karras: bool = False,
+        low_res: Any = None,
     ) -> PipelineOutput | tuple:
         """Sample ``batch_size`` images.
 
@@ -241,6 +253,11 @@ class Pipeline:
         labels from the generator before x_T (as their image_sample.py), or from Philox. ``latents`` is
         x_T (float32 N(0, I), the batch's shape; scaled by the sampler's init_noise_sigma): then the
         generator's first draw is the first step's noise.
+
+        An ADM upsampler (their SuperResModel, loaded with large_size / small_size) needs ``low_res``: the
+        batch's low-resolution images as uint8 NHWC pixels (their npz's arr_0; scaled to [-1, 1] as their
+        super_res_sample.py does) or a float NCHW tensor in [-1, 1]; image b is drawn from low_res[b]. Every
+        sampler works on an upsampler.
         """
         if batch_size == "auto":
             batch_size = auto_batch_size(self.unet, self.sample_shape(), self.dtype)
@@ -259,9 +276,11 @@ class Pipeline:
         source = NoiseSource.for_call(noise, generator, seed)
         shape = (batch_size, *self.sample_shape())
         labels = self._class_labels(class_labels, batch_size, source, sample_offset)
+        small = self._low_res(low_res, batch_size)
         x_T = self._initial_noise(latents, shape, source, sample_offset)
         x, graph_status = self.engine.sample(
-            plan, shape, source, device=self.device, x_T=x_T, class_labels=labels, sample_offset=sample_offset,
+            plan, shape, source, device=self.device, x_T=x_T, class_labels=labels, low_res=small,
+            sample_offset=sample_offset,
             use_cuda_graph=use_cuda_graph, compile=compile, channels_last=channels_last, progress=progress,
         )  # fmt: skip
         images = to_output(x, output_type)
@@ -367,6 +386,20 @@ class Pipeline:
         if bool(((labels < 0) | (labels >= classes)).any()):
             raise ValueError(f"class_labels must lie in [0, {classes})")
         return labels.to(device=self.device, dtype=torch.int64)
+
+    def _low_res(self, low_res, batch_size: int) -> torch.Tensor | None:
+        """An upsampler's low_res as its network takes it (fastddpm/upsampling.py), or None for other nets."""
+        size = low_res_size(self.unet)
+        if size is None:
+            if low_res is not None:
+                raise ValueError("low_res was given but this model is not an upsampler")
+            return None
+        if low_res is None:
+            raise ValueError(
+                f"low_res is required: this model is an upsampler from {size} px to "
+                f"{self.sample_shape()[1]} px; give the batch's {size} x {size} images"
+            )
+        return low_res_batch(low_res, batch_size, size, self.device)
 
     def _check_call(self, batch_size, steps, eta, output_type, seed, sample_offset) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:

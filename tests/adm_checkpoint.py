@@ -27,3 +27,18 @@ def reference_model(
 def save_checkpoint(model: torch.nn.Module, path: Path) -> Path:
     torch.save(model.state_dict(), path)  # as their train_util saves model.state_dict()
     return path
+
+
+def reference_upsampler(
+    family: str, seed: int = 0
+) -> tuple[adm_reference.SuperResModel, dict, dict, int, int]:
+    """(reference upsampler, given flags, resolved flags, sample side, low-resolution side), the given
+    small_size replaced by the test's low-resolution side."""
+    from fastddpm.checkpoints.adm_flags import resolve_super_res_flags
+    from tests.adm_families import SUPER_RES_FAMILIES
+
+    text, size, small = SUPER_RES_FAMILIES[family]
+    given = {**parse_flag_string(text), "small_size": str(small)}
+    flags = resolve_super_res_flags(given)
+    torch.manual_seed(seed)
+    return adm_reference.super_res_model_from_flags(flags).eval(), given, flags, size, small

@@ -67,3 +67,32 @@ FAMILIES: dict[str, tuple[str, int]] = {
         32,
     ),
 }
+
+# Their upsamplers (SuperResModel), reduced the same way: README's flags with num_channels / num_head_channels
+# shrunk. (sample side, low-resolution side) replace large_size / small_size at test time: small_size is the
+# low_res input's side only, large_size (kept) sets the levels; the nets are convolutional.
+SUPER_RES_FAMILIES: dict[str, tuple[str, int, int]] = {
+    # guided-diffusion 64_256_upsampler.pt
+    "guided_64_256_upsampler": (
+        "--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --large_size 256 "
+        "--small_size 64 --learn_sigma True --noise_schedule linear --num_channels 32 --num_heads 4 "
+        "--num_res_blocks 2 --resblock_updown True --use_fp16 True --use_scale_shift_norm True",
+        32,
+        8,
+    ),
+    # guided-diffusion 128_512_upsampler.pt
+    "guided_128_512_upsampler": (
+        "--attention_resolutions 32,16 --class_cond True --diffusion_steps 1000 --large_size 512 "
+        "--small_size 128 --learn_sigma True --noise_schedule linear --num_channels 32 --num_head_channels 16 "
+        "--num_res_blocks 2 --resblock_updown True --use_fp16 True --use_scale_shift_norm True",
+        32,
+        8,
+    ),
+    # improved-diffusion's SuperResModel with its script defaults (64 -> 256, unconditional)
+    "improved_64_256_upsampler": (
+        "--large_size 256 --small_size 64 --num_channels 32 --num_res_blocks 2 --learn_sigma True "
+        "--diffusion_steps 1000 --noise_schedule linear --rescale_timesteps True --rescale_learned_sigmas True",
+        32,
+        16,
+    ),
+}

@@ -223,11 +223,37 @@ class UNetModel(nn.Module):
         return self.out(h)
 
 
+class SuperResModel(UNetModel):
+    """Their upsampler: the U-Net over the noisy sample and the low-resolution image, upsampled bilinearly
+    (F.interpolate's default align_corners=False) to the sample's size and concatenated after it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(in_channels=6, **kwargs)
+
+    def forward(self, x, timesteps, low_res=None, y=None):
+        upsampled = F.interpolate(low_res, x.shape[2:], mode="bilinear")
+        return super().forward(torch.cat([x, upsampled], dim=1), timesteps, y)
+
+
+# their sr_create_model's channel_mult for each large_size it builds
+SUPER_RES_CHANNEL_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
+
+
+def super_res_model_from_flags(flags: dict) -> SuperResModel:
+    """Their sr_create_model: large_size sets channel_mult and the attention rates; the old attention order."""
+    size = flags["large_size"]
+    return SuperResModel(**_unet_arguments({**flags, "image_size": size, "use_new_attention_order": False},
+                                           SUPER_RES_CHANNEL_MULT[size]))  # fmt: skip
+
+
 def model_from_flags(flags: dict, channel_mult) -> UNetModel:
     """Their create_model: image-size resolutions -> downsampling rates, 3 or 6 output channels."""
+    return UNetModel(in_channels=3, **_unet_arguments(flags, channel_mult))
+
+
+def _unet_arguments(flags: dict, channel_mult) -> dict:
     size = flags["image_size"]
-    return UNetModel(
-        in_channels=3,
+    return dict(
         model_channels=flags["num_channels"],
         out_channels=6 if flags["learn_sigma"] else 3,
         num_res_blocks=flags["num_res_blocks"],

@@ -9,6 +9,10 @@ contradicts them is an error naming the flag; a flag not given takes guided-diff
 tensors agree with it and the tensors' value when they settle it otherwise. What they cannot say (the head
 split, the attention order, image_size, the whole diffusion) comes from the flags or their defaults; when
 image_size's default cannot describe the weights' levels, the error asks for image_size.
+
+An upsampler (their SuperResModel: 6 input channels, the noisy sample and the bilinearly upsampled
+low-resolution image) takes their super-resolution flags instead: large_size (the sample's side, which sets
+channel_mult as their sr_create_model does) and small_size (the low-resolution input's side).
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from typing import Any
 
 import torch
 
-from fastddpm.checkpoints.adm_flags import DEFAULT_CHANNEL_MULT, FlagError, attention_rates, resolve_flags
+from fastddpm.checkpoints.adm_flags import (
+    DEFAULT_CHANNEL_MULT,
+    SUPER_RES_DEFAULTS,
+    FlagError,
+    attention_rates,
+    resolve_flags,
+    resolve_super_res_flags,
+)
 from fastddpm.checkpoints.files import CheckpointError, as_state_dict, check_finite
 from fastddpm.models.adm_unet import AdmUNet
 
@@ -99,16 +110,23 @@ def infer_from_tensors(state: Mapping[str, torch.Tensor], path: Path) -> dict[st
         "num_res_blocks": per_level - 1,
         "channel_mult": mult,
         "attention_ds": tuple(2**level for level, a in enumerate(attends) if a),
+        "super_res": int(state["input_blocks.0.0.weight"].shape[1]) == 6,
     }
 
 
 def reconcile(given: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: Path) -> dict[str, Any]:
     """The resolved flags, checked against (and completed from) what the tensors determine."""
+    seen = infer_from_tensors(state, path)
+    sizes = sorted(SUPER_RES_DEFAULTS.keys() & given.keys())
+    if sizes and not seen["super_res"]:
+        raise CheckpointError(
+            f"{path}: flag {sizes[0]} applies to upsamplers (their SuperResModel, 6 input channels), and "
+            "these weights take 3 input channels"
+        )
     try:
-        flags = resolve_flags(dict(given))
+        flags = resolve_super_res_flags(dict(given)) if seen["super_res"] else resolve_flags(dict(given))
     except FlagError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    seen = infer_from_tensors(state, path)
     for name in (
         "num_channels",
         "learn_sigma",
@@ -125,6 +143,11 @@ def reconcile(given: Mapping[str, Any], state: Mapping[str, torch.Tensor], path:
             flags[name] = seen[name]
     if flags["channel_mult"] != seen["channel_mult"]:
         levels = len(seen["channel_mult"])
+        if seen["super_res"]:
+            raise CheckpointError(
+                f"{path}: flag large_size={flags['large_size']} contradicts the weights: their upsampler of that "
+                f"size has channel_mult={_text(flags['channel_mult'])}, the weights have {_text(seen['channel_mult'])}"
+            )
         if "channel_mult" in given:
             raise CheckpointError(
                 f"{path}: flag channel_mult={given['channel_mult']!r} contradicts the weights, which have channel_mult={_text(seen['channel_mult'])}"

@@ -47,6 +47,13 @@ IGNORED_FLAGS = frozenset(
     "iterations anneal_lr data_dir".split()
 )
 NOISE_SCHEDULES = ("linear", "cosine")
+# The upsamplers (their SuperResModel) take sr_model_and_diffusion_defaults(): these two sizes on top of the
+# flags above, less image_size, channel_mult and use_new_attention_order, which their sr_create_model does not
+# take (it derives the first two from large_size and uses the old attention order).
+SUPER_RES_DEFAULTS: dict[str, int] = {"large_size": 256, "small_size": 64}
+NOT_SUPER_RES_FLAGS = ("image_size", "channel_mult", "use_new_attention_order")
+# sr_create_model's channel_mult by large_size (guided-diffusion; improved-diffusion knows 256 and 64 alike)
+SUPER_RES_CHANNEL_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
 # Their create_model's channel_mult for an empty flag (32: improved-diffusion's CIFAR-10 model).
 DEFAULT_CHANNEL_MULT = {
     512: (0.5, 1, 1, 2, 2, 4, 4),
@@ -125,6 +132,28 @@ def resolve_flags(given: dict[str, Any]) -> dict[str, Any]:
     flags["channel_mult"] = channel_mult(flags)
     flags["attention_ds"] = attention_rates(flags)
     return flags
+
+
+def resolve_super_res_flags(given: dict[str, Any]) -> dict[str, Any]:
+    """An upsampler's flags, typed and checked: large_size is the image size (the sample's), channel_mult is
+    their sr_create_model's for it, and small_size (the low-resolution input's side) is kept beside them."""
+    sizes = {k: _convert(k, given.get(k, d), d) for k, d in SUPER_RES_DEFAULTS.items()}
+    large, small = sizes["large_size"], sizes["small_size"]
+    if large not in SUPER_RES_CHANNEL_MULT:
+        known = ", ".join(map(str, SUPER_RES_CHANNEL_MULT))
+        raise FlagError(f"flag large_size={large} is not a size their upsamplers are built for ({known})")
+    if not 1 <= small <= large:
+        raise FlagError(f"flag small_size={small} must be between 1 and large_size={large}")
+    for name in NOT_SUPER_RES_FLAGS:
+        same = name == "image_size" and str(given.get(name)) == str(large)
+        if name in given and not same:
+            raise FlagError(
+                f"flag {name} does not apply to an upsampler (their SuperResModel): large_size sets its size"
+            )
+    base = {k: v for k, v in given.items() if k not in SUPER_RES_DEFAULTS and k not in NOT_SUPER_RES_FLAGS}
+    base["image_size"] = large
+    base["channel_mult"] = ",".join(map(str, SUPER_RES_CHANNEL_MULT[large]))
+    return {**resolve_flags(base), **sizes, "super_res": True}
 
 
 def channel_mult(flags: dict[str, Any]) -> tuple[float, ...]:

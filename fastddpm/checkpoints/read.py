@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from fastddpm.checkpoints.adm import is_adm_layout, read_adm
-from fastddpm.checkpoints.adm_flags import FLAG_DEFAULTS, IGNORED_FLAGS
+from fastddpm.checkpoints.adm_flags import FLAG_DEFAULTS, IGNORED_FLAGS, SUPER_RES_DEFAULTS
 from fastddpm.checkpoints.files import (
     PICKLE_SUFFIXES,
     CheckpointError,
@@ -75,7 +75,8 @@ def read_checkpoint(
 ) -> LoadedCheckpoint:
     """Read any supported checkpoint (see the module docstring); weights land on ``device`` in ``dtype``
     (default: CPU, float32)."""
-    adm_flags = {k: v for k, v in overrides.items() if k in FLAG_DEFAULTS or k in IGNORED_FLAGS}
+    adm_names = FLAG_DEFAULTS.keys() | IGNORED_FLAGS | SUPER_RES_DEFAULTS.keys()
+    adm_flags = {k: v for k, v in overrides.items() if k in adm_names}
     unknown = sorted(
         k for k in overrides if k != "sample_size" and k not in SCHEDULER_KEYS and k not in adm_flags
     )

@@ -189,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="enlarge the grid's pixels K times, nearest neighbour (default: about 512 px on the longer side)",
     )
+    sample.add_argument(
+        "--low-res",
+        default=None,
+        metavar="PATH",
+        help="an upsampler's low-resolution images: an npz (arr_0, and arr_1 labels) or a fastddpm output "
+        "folder; image i is drawn from image i",
+    )
     _add_model_options(sample)
     _add_flags_option(sample)
 

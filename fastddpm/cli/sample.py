@@ -1,7 +1,8 @@
 """``fastddpm sample``: draw N images into a folder, resumably, the same for any batch size or process split.
 
 Image i is drawn with philox noise at sample index i (pipeline noise="philox", sample_offset), so it depends
-only on (checkpoint, settings, seed, i). This process draws the indices of its torchrun block that are not
+only on (checkpoint, settings, seed, i); an upsampler's image i also on low-resolution image i (--low-res).
+A class-conditional run records its labels: arr_1 in the npz, labels.txt beside PNG files. This process draws the indices of its torchrun block that are not
 on disk yet, in batches of consecutive indices, writing each image atomically as soon as its batch is done.
 The manifest guards the folder against a rerun with other settings; a rerun with a larger N grows it.
 """
@@ -15,6 +16,7 @@ import time
 
 from fastddpm.cli.checkpoint_arg import checkpoint_path, load_pipeline, refuse_unused_respacing
 from fastddpm.cli.errors import CliError
+from fastddpm.cli.low_res_source import LowResSet, read_low_res
 from fastddpm.cli.manifest import ManifestMismatch, check_or_write_manifest, checkpoint_fingerprint
 from fastddpm.cli.sample_writer import (
     WriteFailed,
@@ -118,6 +120,7 @@ def run_sample(args) -> int:
             raise CliError(
                 f"--karras: sampler {args.sampler} has no Karras sigmas (use one of: {samplers.karras_names()})"
             )
+    low_res = check_low_res(pipe, args)
     # The folder only after the checkpoint and settings passed: bad input leaves no empty folder behind.
     folder = prepare_folder(args.out)
     writer = writer_for(args.format, folder, args.num)
@@ -136,6 +139,8 @@ def run_sample(args) -> int:
     }
     if karras:  # only when set: manifests written before --karras existed still match
         settings["karras"] = True
+    if low_res is not None:
+        settings["low_res_sha256"] = low_res.fingerprint()
     from fastddpm import __version__
 
     info = {"checkpoint": path, "fastddpm_version": __version__}
@@ -151,11 +156,11 @@ def run_sample(args) -> int:
     group = ProcessGroup(share)
     started = time.perf_counter()
     todo = writer.missing(share.start, share.stop)
-    drawn = draw(pipe, writer, todo, args, steps, share)
+    drawn = draw(pipe, writer, todo, args, steps, share, low_res)
     total_drawn = group.sum(drawn)
     seconds = time.perf_counter() - started
     if share.is_main:
-        finish(writer, args)
+        finish(writer, args, run_labels(pipe, args, low_res))
     group.barrier()
     group.close()
     if share.is_main:
@@ -180,7 +185,52 @@ def run_sample(args) -> int:
     return 0
 
 
-def draw(pipe, writer, todo: list[int], args, steps: int, share) -> int:
+def check_low_res(pipe, args) -> LowResSet | None:
+    """--low-res, read and checked against the checkpoint: required by an upsampler, refused by any other
+    network; it must hold at least --num images of the upsampler's small_size, with labels for a
+    class-conditional upsampler."""
+    from fastddpm.upsampling import low_res_size
+
+    size = low_res_size(pipe.unet)
+    given = getattr(args, "low_res", None)
+    if size is None:
+        if given is not None:
+            raise CliError(
+                f"--low-res applies to upsamplers, and {args.checkpoint or 'the default model'} is not one"
+            )
+        return None
+    if given is None:
+        raise CliError(
+            f"--low-res is required: this checkpoint is an upsampler from {size} px (an npz or a folder of "
+            "base samples)"
+        )
+    low_res = read_low_res(given)
+    if args.num > len(low_res):
+        raise CliError(f"--num {args.num} is more than the {len(low_res)} images in --low-res {given}")
+    if low_res.images.shape[1:3] != (size, size):
+        raise CliError(
+            f"--low-res {given} holds {low_res.images.shape[1]} x {low_res.images.shape[2]} images; this "
+            f"upsampler takes {size} x {size} (its small_size flag)"
+        )
+    if pipe.num_classes() is not None and low_res.labels is None:
+        raise CliError(
+            f"--low-res {given} has no class labels (arr_1 in an npz, labels.txt in a folder), and this "
+            "upsampler is class-conditional"
+        )
+    return low_res
+
+
+def run_labels(pipe, args, low_res: LowResSet | None):
+    """The labels of images 0 .. num - 1 of a class-conditional run (None for an unconditional one): the
+    low-resolution set's for an upsampler, else those philox draws for each index."""
+    if pipe.num_classes() is None:
+        return None
+    if low_res is not None:
+        return low_res.labels[: args.num]
+    return pipe.philox_class_labels(args.num, args.seed).numpy()
+
+
+def draw(pipe, writer, todo: list[int], args, steps: int, share, low_res: LowResSet | None = None) -> int:
     """Sample and write the indices in ``todo``; returns how many were drawn."""
     from tqdm.auto import tqdm
 
@@ -195,6 +245,11 @@ def draw(pipe, writer, todo: list[int], args, steps: int, share) -> int:
         file=sys.stderr,
     ) as progress:
         for first, count in batches(todo, args.batch_size):
+            conditions = {}
+            if low_res is not None:  # image i from low-resolution image i, with its label
+                conditions["low_res"] = low_res.images[first : first + count]
+                if pipe.num_classes() is not None:
+                    conditions["class_labels"] = low_res.labels[first : first + count]
             try:
                 images = pipe(
                     batch_size=count,
@@ -207,6 +262,7 @@ def draw(pipe, writer, todo: list[int], args, steps: int, share) -> int:
                     output_type="np",
                     progress=False,
                     sample_offset=first,
+                    **conditions,
                 ).images
             except ValueError as error:  # the pipeline's own check of its arguments
                 raise CliError(" ".join(str(error).split())) from None
@@ -220,9 +276,9 @@ def draw(pipe, writer, todo: list[int], args, steps: int, share) -> int:
     return len(todo)
 
 
-def finish(writer, args) -> None:
+def finish(writer, args, labels=None) -> None:
     try:
-        writer.finish()
+        writer.finish(labels)
         if args.grid:
             write_grid(writer.read(min(GRID_IMAGES, args.num)), args.grid, args.grid_scale)
     except WriteFailed as error:

@@ -9,7 +9,8 @@ removes; a failed write (disk full) removes its temporary file and leaves every 
   clean-fid read a folder.
 - npz: the images are first written as part files ``.fastddpm_parts/<start>_<stop>.npy`` (one per batch);
   when every index is covered, rank 0 streams them into ``samples_<N>x<H>x<W>x<C>.npz`` holding one uint8
-  NHWC array ``arr_0`` (what OpenAI's guided-diffusion evaluator reads) and removes the parts. Streaming
+  NHWC array ``arr_0`` (what OpenAI's guided-diffusion evaluator reads; a class-conditional run's labels
+  as ``arr_1``, as their scripts write them) and removes the parts. A PNG folder gets ``labels.txt``. Streaming
   keeps memory at one part, whatever N is. A folder grown from M to N images keeps its finished
   ``samples_<M>x...npz`` as the part covering 0..M-1 until the N-image file replaces it.
 """
@@ -104,9 +105,16 @@ class PngFolder:
                 self.path_of(first_index + offset), lambda handle, p=picture: p.save(handle, "PNG")
             )
 
-    def finish(self) -> None:
-        """Rank 0, after every process is done: remove temporary files left by killed runs."""
-        for stale in glob.glob(os.path.join(self.folder, ".*.png.tmp")):
+    def finish(self, labels: np.ndarray | None = None) -> None:
+        """Rank 0, after every process is done: write a class-conditional run's labels (labels.txt, line i
+        image i's) and remove temporary files left by killed runs."""
+        if labels is not None:
+            from fastddpm.cli.low_res_source import write_labels
+
+            write_labels(self.folder, labels)
+        for stale in glob.glob(os.path.join(self.folder, ".*.png.tmp")) + glob.glob(
+            os.path.join(self.folder, ".*.txt.tmp")
+        ):
             os.remove(stale)
 
     def read(self, count: int) -> np.ndarray:
@@ -176,8 +184,9 @@ class NpzFile:
         path = os.path.join(self.parts, f"{first_index:09d}_{first_index + len(images):09d}.npy")
         write_atomically(path, lambda handle: np.save(handle, np.ascontiguousarray(images)))
 
-    def finish(self) -> None:
-        """Rank 0, after every process is done: stream the parts into the npz, then remove them."""
+    def finish(self, labels: np.ndarray | None = None) -> None:
+        """Rank 0, after every process is done: stream the parts into the npz (with a class-conditional run's
+        labels as arr_1, as their scripts write them), then remove them."""
         if self._final_path() is None:
             parts = self._part_ranges()
             expected = 0
@@ -193,7 +202,7 @@ class NpzFile:
                 )
             shape = _image_shape(parts[0][2])
             final = os.path.join(self.folder, f"samples_{self.num_images}x{'x'.join(map(str, shape))}.npz")
-            write_atomically(final, lambda handle: self._stream_npz(handle, parts, shape))
+            write_atomically(final, lambda handle: self._stream_npz(handle, parts, shape, labels))
         earlier = self._earlier_npz()
         if earlier is not None:  # its images are in the new file now
             os.remove(earlier[1])
@@ -201,7 +210,7 @@ class NpzFile:
         for stale in glob.glob(os.path.join(self.folder, ".samples_*.npz.tmp")):
             os.remove(stale)
 
-    def _stream_npz(self, handle, parts: list[tuple[int, int, str]], shape: tuple[int, ...]) -> None:
+    def _stream_npz(self, handle, parts: list[tuple[int, int, str]], shape: tuple[int, ...], labels) -> None:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
         header["shape"] = (self.num_images, *shape)
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -213,6 +222,9 @@ class NpzFile:
                             shutil.copyfileobj(pixels, member, _COPY_CHUNK)
                     else:
                         member.write(np.ascontiguousarray(np.load(path)).tobytes())
+            if labels is not None:
+                with archive.open("arr_1.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(labels, dtype=np.int64))
 
     def read(self, count: int) -> np.ndarray:
         final = self._final_path()

@@ -5,8 +5,9 @@ here, once, and never in a loop:
 
 - the timestep: ADM nets take float32 timesteps, times 1000 / diffusion_steps when trained with
   rescale_timesteps (their _scale_timesteps); diffusers nets take the scheduler's timestep as it is;
-- class labels of a class-conditional net, held in one tensor that a new batch is copied into (so a
-  captured CUDA graph, which reads that address, sees the new labels);
+- class labels of a class-conditional net, and an upsampler's low-resolution images, each held in one
+  tensor that a new batch is copied into (so a captured CUDA graph, which reads that address, sees the new
+  batch's);
 - the dtype: the sample stays float32, the network runs in its own dtype, its output comes back float32;
 - the output channels: a net with learned variances returns 2 x C channels; an update that does not read
   the variance gets the first C (the mean prediction).
@@ -33,13 +34,15 @@ class ConditionedNetwork:
         self.timestep_scale = None if timestep_scale is None else float(timestep_scale)
         self.mean_channels = None if reads_variance else int(sample_channels)
         self.class_labels: torch.Tensor | None = None
+        self.low_res: torch.Tensor | None = None
 
     def set_class_labels(self, labels: torch.Tensor | None) -> None:
         """The batch's labels (B,) int64, or None; copied into the same tensor while the batch size holds."""
-        if labels is None or self.class_labels is None or self.class_labels.shape != labels.shape:
-            self.class_labels = None if labels is None else labels.clone()
-        else:
-            self.class_labels.copy_(labels)
+        self.class_labels = _kept(self.class_labels, labels)
+
+    def set_low_res(self, low_res: torch.Tensor | None) -> None:
+        """An upsampler's low-resolution images (B, C, h, w) float32 in [-1, 1], or None; kept like the labels."""
+        self.low_res = _kept(self.low_res, low_res)
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         if self.timestep_scale is not None:
@@ -47,8 +50,21 @@ class ConditionedNetwork:
             timestep = torch.as_tensor(timestep, device=sample.device).float()
             if self.timestep_scale != 1.0:
                 timestep = timestep * self.timestep_scale
-        labels = {} if self.class_labels is None else {"class_labels": self.class_labels}
-        output = self.unet(sample.to(self.net_dtype), timestep, **labels)
+        conditions = {}
+        if self.class_labels is not None:
+            conditions["class_labels"] = self.class_labels
+        if self.low_res is not None:
+            conditions["low_res"] = self.low_res
+        output = self.unet(sample.to(self.net_dtype), timestep, **conditions)
         if self.mean_channels is not None and output.shape[1] != self.mean_channels:
             output = output[:, : self.mean_channels]
         return output.float()
+
+
+def _kept(held: torch.Tensor | None, new: torch.Tensor | None) -> torch.Tensor | None:
+    """``new`` copied into ``held`` where their shapes agree (the address a captured graph reads stays), else
+    a copy of it (or None)."""
+    if new is None or held is None or held.shape != new.shape or held.dtype != new.dtype:
+        return None if new is None else new.clone()
+    held.copy_(new)
+    return held

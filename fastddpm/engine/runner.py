@@ -63,6 +63,7 @@ class SamplingEngine:
         device: torch.device,
         x_T: torch.Tensor,
         class_labels: torch.Tensor | None = None,
+        low_res: torch.Tensor | None = None,
         sample_offset: int = 0,
         use_cuda_graph: bool | None = None,
         compile: bool = False,
@@ -73,7 +74,7 @@ class SamplingEngine:
         self._use_memory_format(channels_last, device)
         with tqdm(total=plan.steps, disable=not progress, desc=f"fastddpm {plan.name}", leave=False) as bar:
             if isinstance(plan, EagerPlan):
-                network = self._network(plan, shape, device, class_labels, compile)
+                network = self._network(plan, shape, device, class_labels, low_res, compile)
                 x = run_eager_loop(network, plan.scheduler, x_T, noise, sample_offset, progress=bar)
                 wanted = use_cuda_graph if use_cuda_graph is not None else device.type == "cuda"
                 # a graph was asked for (or is the CUDA default) but this plan has no fused form
@@ -82,7 +83,7 @@ class SamplingEngine:
                 )
                 return x, status
             loop, replay, status = self._loop(
-                plan, shape, device, noise, class_labels, compile, use_cuda_graph
+                plan, shape, device, noise, class_labels, low_res, compile, use_cuda_graph
             )
             draw = None
             if not noise.philox:
@@ -94,7 +95,7 @@ class SamplingEngine:
         return x.clone(), status
 
     # ---------------------------------------------------------------------------------------- internals
-    def _network(self, plan, shape, device, class_labels, compile: bool) -> ConditionedNetwork:
+    def _network(self, plan, shape, device, class_labels, low_res, compile: bool) -> ConditionedNetwork:
         """The conditioned network of this call; with ``compile``, over the compiled U-Net after one eager
         forward (ops decides each call's backend eagerly; the compiled graph looks the decisions up)."""
         channels = shape[1]
@@ -102,6 +103,7 @@ class SamplingEngine:
             self.unet, self.net_dtype, channels, self.timestep_scale, plan.reads_variance
         )
         network.set_class_labels(class_labels)
+        network.set_low_res(low_res)
         if compile:
             t = plan.timesteps[:1].to(device).expand(shape[0])
             x = torch.zeros(shape, device=device).contiguous(memory_format=self.memory_format)
@@ -110,10 +112,11 @@ class SamplingEngine:
         return network
 
     def _loop(
-        self, plan: SamplingPlan, shape, device, noise: NoiseSource, class_labels, compile, use_cuda_graph
-    ):
+        self, plan: SamplingPlan, shape, device, noise: NoiseSource, class_labels, low_res, compile,
+        use_cuda_graph,
+    ):  # fmt: skip
         """(loop, graph replay or None, cuda_graph status), built and (with graphs) captured once per key;
-        a cached loop's network gets this batch's class labels."""
+        a cached loop's network gets this batch's class labels and low-resolution images."""
         on_cuda = device.type == "cuda"
         if use_cuda_graph is None:
             use_cuda_graph = on_cuda
@@ -123,11 +126,13 @@ class SamplingEngine:
         key = (
             plan.key(), shape, self.net_dtype, noise.mode, philox_seed, bool(compile), bool(use_cuda_graph),
             self.memory_format, self.timestep_scale, plan.reads_variance, class_labels is not None,
+            None if low_res is None else tuple(low_res.shape),
         )  # fmt: skip
         if key in self._loops:
             self._loops[key][0].network.set_class_labels(class_labels)
+            self._loops[key][0].network.set_low_res(low_res)
             return self._loops[key]
-        network = self._network(plan, shape, device, class_labels, compile)
+        network = self._network(plan, shape, device, class_labels, low_res, compile)
         loop = SamplingLoop(network, plan, shape, device, self.memory_format, noise)
         replay, status = None, "off"
         if use_cuda_graph:

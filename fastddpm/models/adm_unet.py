@@ -3,7 +3,9 @@
 Built from resolved ADM flags (fastddpm.checkpoints.adm_flags.resolve_flags); its parameter names are their
 UNetModel's state_dict names (time_embed, label_emb, input_blocks, middle_block, output_blocks, out), so their
 checkpoints load strictly. ``unet(x, t, class_labels=None)`` takes integer or float timesteps (float when
-rescale_timesteps scales them to 0..1000) and returns 3 or, with learned sigmas, 6 channels. The forward pass
+rescale_timesteps scales them to 0..1000) and returns 3 or, with learned sigmas, 6 channels. An upsampler
+(their SuperResModel, flags["super_res"]) also takes ``low_res``, the low-resolution image in [-1, 1], which
+it upsamples bilinearly to the sample's size and concatenates to the sample's channels, as theirs does. The forward pass
 holds no host sync and no branch on tensor values, so it can be captured in a CUDA graph and compiled.
 """
 
@@ -41,10 +43,11 @@ class AdmUNet(nn.Module):
         model_channels = flags["num_channels"]
         mult, rates = flags["channel_mult"], set(flags["attention_ds"])
         out_channels = 6 if flags["learn_sigma"] else 3
+        self.super_res = bool(flags.get("super_res", False))
         self.config = {
             **flags,
             "sample_size": flags.get("sample_size", flags["image_size"]),
-            "in_channels": 3,
+            "in_channels": 3,  # the sample's; an upsampler's first convolution also reads low_res's 3
             "out_channels": out_channels,
         }
         emb_dim = 4 * model_channels
@@ -69,7 +72,9 @@ class AdmUNet(nn.Module):
         self.label_emb = nn.Embedding(NUM_CLASSES, emb_dim) if flags["class_cond"] else None
 
         ch = input_ch = int(mult[0] * model_channels)
-        self.input_blocks = nn.ModuleList([nn.ModuleList([Conv2d(3, ch, kernel_size=3, padding=1)])])
+        self.input_blocks = nn.ModuleList(
+            [nn.ModuleList([Conv2d(6 if self.super_res else 3, ch, kernel_size=3, padding=1)])]
+        )
         skip_channels, rate = [ch], 1
         for level, m in enumerate(mult):
             for _ in range(flags["num_res_blocks"]):
@@ -160,7 +165,11 @@ class AdmUNet(nn.Module):
         return F.pad(embedding, (0, 1)) if self._odd_embedding else embedding
 
     def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor | float, class_labels: torch.Tensor | None = None
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        class_labels: torch.Tensor | None = None,
+        low_res: torch.Tensor | None = None,
     ) -> torch.Tensor:
         first, last = self.time_embed[0], self.time_embed[2]
         batch = sample.shape[0]
@@ -187,7 +196,7 @@ class AdmUNet(nn.Module):
         embs.reverse()  # blocks pop() them in forward order
 
         skips = []
-        h = sample.to(self.dtype)
+        h = self._with_low_res(sample, low_res).to(self.dtype)
         for block in self.input_blocks:
             h = self._run(block, h, embs)
             skips.append(h)
@@ -196,6 +205,18 @@ class AdmUNet(nn.Module):
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), embs)
         h = group_norm(self.out[0], h, silu=True)
         return self.out[2](h)
+
+    def _with_low_res(self, sample: torch.Tensor, low_res: torch.Tensor | None) -> torch.Tensor:
+        """An upsampler's input: the sample and low_res upsampled bilinearly to its size (their F.interpolate
+        with mode="bilinear", align_corners False), channel-concatenated in that order."""
+        if not self.super_res:
+            if low_res is not None:
+                raise ValueError("low_res was given but this ADM model is not an upsampler")
+            return sample
+        if low_res is None:
+            raise ValueError("low_res is required: this ADM model is an upsampler (SuperResModel)")
+        upsampled = F.interpolate(low_res.to(sample.device, sample.dtype), sample.shape[2:], mode="bilinear")
+        return torch.cat([sample, upsampled], dim=1)
 
     @staticmethod
     def _run(block: nn.ModuleList, h: torch.Tensor, embs: list[torch.Tensor]) -> torch.Tensor:
