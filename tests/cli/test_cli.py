@@ -207,7 +207,7 @@ BAD_INPUTS = {
         "--out",
         str(tmp / "o"),
     ],
-    "unknown sampler": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--sampler", "lms"],
+    "unknown sampler": lambda tmp: ["sample", "--num", "2", "--out", str(tmp / "o"), "--sampler", "lcm"],
     "karras on a sampler without": lambda tmp: [
         "sample",
         "--num",
