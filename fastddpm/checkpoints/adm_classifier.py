@@ -146,7 +146,7 @@ def reconcile_classifier(
         if name in flags and flags[name] != value:
             if name in given:
                 raise CheckpointError(
-                    f"{path}: flag {name}={given[name]!r} contradicts the classifier's weights, which have {name}={value}"
+                    f"{path}: flag {name}={flags[name]!r} contradicts the classifier's weights, which have {name}={value}"
                 )
             flags[name] = value
     layouts = _layouts(state, seen)
@@ -157,7 +157,7 @@ def reconcile_classifier(
     for name in ("image_size", "classifier_depth"):
         if name in given and all(layout[name] != flags[name] for layout in layouts):
             raise CheckpointError(
-                f"{path}: flag {name}={given[name]!r} contradicts the classifier's weights, which have {name}={layouts[0][name]}"
+                f"{path}: flag {name}={flags[name]!r} contradicts the classifier's weights, which have {name}={layouts[0][name]}"
             )
         fitting = [layout for layout in layouts if layout[name] == flags[name]]
         layouts = fitting or layouts  # a default the weights contradict gives way
