@@ -128,6 +128,9 @@ def reconcile_classifier(
     """The resolved classifier flags, checked against (and completed from) what the tensors settle."""
     try:
         flags = resolve_classifier_flags(given)
+    except FlagError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    try:
         width = int(state["time_embed.0.weight"].shape[1])
         first = state["input_blocks.1.0.emb_layers.1.weight"]
         seen = {
@@ -139,9 +142,10 @@ def reconcile_classifier(
         }
         head = {"attention": "out.2.c_proj.bias", "adaptive": "out.3.bias", "spatial_v2": "out.3.bias"}
         seen["num_classes"] = int(state[head.get(seen["classifier_pool"], "out.2.bias")].shape[0])
-    except (KeyError, IndexError, FlagError) as exc:
-        detail = str(exc) if isinstance(exc, FlagError) else f"no {exc} tensor"
-        raise CheckpointError(f"{path}: not a guided-diffusion classifier state dict ({detail})") from None
+    except (KeyError, IndexError) as exc:
+        raise CheckpointError(
+            f"{path}: not a guided-diffusion classifier state dict (no {exc} tensor)"
+        ) from None
     for name, value in seen.items():
         if name in flags and flags[name] != value:
             if name in given:

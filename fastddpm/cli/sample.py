@@ -107,7 +107,8 @@ def run_sample(args) -> int:
     args.eta = check_eta(args.sampler, args.eta)
     check_grid(args.grid)
     path = checkpoint_path(args.checkpoint)
-    pipe = load_pipeline(path, device_for(share, args.device), args.dtype, args.flags)
+    classifier = getattr(args, "classifier", None)
+    pipe = load_pipeline(path, device_for(share, args.device), args.dtype, args.flags, classifier)
     refuse_unused_respacing(pipe, args.sampler, args.steps)
     steps = resolve_steps(pipe, args.sampler, args.steps)
     karras = bool(getattr(args, "karras", False))
@@ -134,6 +135,9 @@ def run_sample(args) -> int:
         "format": args.format,
         **({"flags": args.flags} if args.flags else {}),  # an ADM checkpoint's flags change its images
     }
+    if classifier is not None:  # only when set: manifests written before --classifier still match
+        settings["classifier_sha256"] = checkpoint_fingerprint(os.path.abspath(classifier))
+        settings["classifier_scale"] = pipe.classifier_scale
     if karras:  # only when set: manifests written before --karras existed still match
         settings["karras"] = True
     from fastddpm import __version__
@@ -174,6 +178,11 @@ def run_sample(args) -> int:
             "format": args.format,
             "out": writer.output,
             "processes": share.world_size,
+            **(
+                {"classifier": os.path.abspath(classifier), "classifier_scale": pipe.classifier_scale}
+                if classifier
+                else {}
+            ),
             "threads": args.threads,
         }
         print(json.dumps(summary), flush=True)
