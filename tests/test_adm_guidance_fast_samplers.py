@@ -124,3 +124,23 @@ def test_guided_loop_step_does_no_host_sync(guided, name, monkeypatch):
         for _ in range(3):
             loop.step()
     assert loop.step_index.tolist() == [3]
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++2m"])
+def test_the_capture_protocol_runs_guided_plans(guided, name):
+    """Warm-up, restore, capture and replay (CUDA calls stood in on the CPU) over guided plans: the replayed
+    loop computes the eager images."""
+    from fastddpm.engine import cuda_graph
+    from tests.engine.test_cuda_graph import CpuGraphCalls
+
+    pipe = guided[0]["eps"][0]
+    pipe.engine.graph_calls = CpuGraphCalls()
+    try:
+        run = dict(batch_size=2, sampler=name, num_inference_steps=2, seed=1, noise="philox", output_type="pt",
+                   classifier_scale=SCALE, progress=False)  # fmt: skip
+        graphed = pipe(use_cuda_graph=True, **run)
+        eager = pipe(use_cuda_graph=False, **run)
+    finally:
+        pipe.engine.graph_calls = cuda_graph.CUDA_GRAPHS
+    assert graphed.cuda_graph == "replayed"
+    assert torch.equal(graphed.images, eager.images)
