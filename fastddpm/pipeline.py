@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fastddpm.engine.auto_batch import auto_batch_size
+from fastddpm.engine.guidance import ClassifierGuidance
 from fastddpm.engine.noise_source import NOISE_MODES, NoiseSource
 from fastddpm.engine.plan import DEFAULT_STEPS, EagerPlan, SamplingPlan, plan_for
 from fastddpm.engine.runner import SamplingEngine
@@ -107,6 +108,10 @@ class Pipeline:
         self.engine = SamplingEngine(self.unet, self.process.network_timestep_scale())
         self._named: dict[tuple[str, bool], Any] = {}  # sampler name, karras -> scheduler
         self._plans: dict[tuple, tuple[Any, SamplingPlan]] = {}  # the latest call's plan
+        self.classifier: torch.nn.Module | None = (
+            None  # a noisy-image classifier for guidance (load(classifier=))
+        )
+        self.classifier_scale = 1.0  # the guidance scale when a call gives none (their classifier_scale flag)
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -115,16 +120,36 @@ class Pipeline:
     ) -> Pipeline:
         """Read a diffusers folder, a google/ddpm-* folder, an original DDPM checkpoint or a Hub id."""
         from fastddpm.checkpoints import read_checkpoint
+        from fastddpm.checkpoints.adm_classifier import is_classifier_flag
 
         if "sample_size" in overrides:
             check_sample_size(overrides["sample_size"])
+        classifier = overrides.pop("classifier", None)
+        classifier_flags = {k: overrides.pop(k) for k in list(overrides) if is_classifier_flag(k)}
+        if classifier is None and classifier_flags:
+            raise ValueError(
+                f"flag {sorted(classifier_flags)[0]!r} applies to a classifier, and none was given (classifier=)"
+            )
+        device, dtype = check_device(device), parse_dtype(dtype)
         loaded = read_checkpoint(
-            DEFAULT_MODEL_DIR if path is None else path,
-            device=check_device(device),
-            dtype=parse_dtype(dtype),
-            **overrides,
+            DEFAULT_MODEL_DIR if path is None else path, device=device, dtype=dtype, **overrides
         )
-        return cls(loaded.unet, loaded.scheduler_config, loaded.source)
+        pipe = cls(loaded.unet, loaded.scheduler_config, loaded.source)
+        if classifier is not None:
+            shared = {k: overrides[k] for k in ("image_size",) if k in overrides}
+            pipe.load_classifier(classifier, device=device, dtype=dtype, **shared, **classifier_flags)
+        return pipe
+
+    def load_classifier(self, path: str | os.PathLike, device=None, dtype=None, **flags) -> None:
+        """Read guided-diffusion's noisy-image classifier (their EncoderUNetModel state dict) with their
+        CLASSIFIER_FLAGS (image_size, classifier_width, ..., classifier_scale: the default scale) to guide
+        this ADM model: it must be for the model's image size, and a class-conditional model's labels."""
+        from fastddpm.checkpoints.adm_classifier import check_pairing, read_classifier
+
+        classifier = read_classifier(path, flags, device=device or self.device, dtype=dtype or self.dtype)
+        check_pairing(classifier, self.config, path)
+        self.classifier = classifier
+        self.classifier_scale = float(classifier.config["classifier_scale"])
 
     @classmethod
     def from_diffusers(cls, obj: Any) -> Pipeline:
@@ -160,8 +185,11 @@ class Pipeline:
         return next(self.unet.parameters()).dtype
 
     def to(self, device=None, dtype=None) -> Pipeline:
-        """Move the network (and cast it: "fp32" / "bf16" / "fp16"); the sampler state stays float32."""
+        """Move the network and the classifier (and cast them: "fp32" / "bf16" / "fp16"); the sampler state
+        stays float32."""
         self.unet.to(device=check_device(device), dtype=parse_dtype(dtype))
+        if self.classifier is not None:
+            self.classifier.to(device=check_device(device), dtype=parse_dtype(dtype))
         self.engine.forget()
         return self
 
@@ -178,12 +206,19 @@ class Pipeline:
     def philox_class_labels(self, count: int, seed: int, sample_offset: int = 0) -> torch.Tensor | None:
         """The labels ``pipe(noise="philox", seed=seed, sample_offset=...)`` draws for images sample_offset ..
         sample_offset + count - 1 when none are given (each depends on its index only), on the CPU; None for
-        a network without classes. The CLI records them beside a class-conditional run's images."""
-        classes = self.num_classes()
+        a call without labels. The CLI records them beside a class-conditional or guided run's images."""
+        classes = self.label_classes()
         if classes is None:
             return None
         source = NoiseSource.for_call("philox", None, seed)
         return source.class_labels(count, classes, sample_offset, torch.device("cpu"))
+
+    def label_classes(self) -> int | None:
+        """How many classes a call's labels range over: the net's, else the guiding classifier's, else None."""
+        classes = self.num_classes()
+        if classes is None and self.classifier is not None:
+            return self.classifier.num_classes
+        return classes
 
     def make_scheduler(self, sampler: str, config: dict[str, Any] | None = None, karras: bool = False):
         """The scheduler a sampler name stands for, from the checkpoint's (or the given) scheduler config
@@ -220,6 +255,7 @@ class Pipeline:
         latents: torch.Tensor | None = None,
         karras: bool = False,
         low_res: Any = None,
+        classifier_scale: float | None = None,
     ) -> PipelineOutput | tuple:
         """Sample ``batch_size`` images.
 
@@ -258,6 +294,12 @@ class Pipeline:
         batch's low-resolution images as uint8 NHWC pixels (their npz's arr_0; scaled to [-1, 1] as their
         super_res_sample.py does) or a float NCHW tensor in [-1, 1]; image b is drawn from low_res[b]. Every
         sampler works on an upsampler.
+        With a classifier (``load(..., classifier=path)``), every image is guided towards its label by
+        ``classifier_scale`` (default: the classifier_scale flag given to load, else 1.0; 0 samples without
+        guidance): ddpm / ddim as their p_sample_loop / ddim_sample_loop with cond_fn, the other samplers
+        with the score correction eps - sqrt(1 - abar_t) * gradient before their update (engine/guidance.py).
+        The labels are drawn or given as above, for an unconditional model too (then only the classifier
+        sees them).
         """
         if batch_size == "auto":
             batch_size = auto_batch_size(self.unet, self.sample_shape(), self.dtype)
@@ -272,16 +314,22 @@ class Pipeline:
             scheduler, num_inference_steps, eta=float(eta), use_clipped_model_output=bool(use_clipped_model_output),
             timestep_respacing=timestep_respacing, device=self.device, noise=noise,
         )  # fmt: skip
+        guidance = self._guidance(classifier_scale)
+        if guidance is not None and isinstance(plan, SamplingPlan) and hasattr(scheduler, "guided_plan"):
+            plan = scheduler.guided_plan(plan)  # their own loops apply the gradient in the update
         self._check_output_channels(plan)
         source = NoiseSource.for_call(noise, generator, seed)
         shape = (batch_size, *self.sample_shape())
         labels = self._class_labels(class_labels, batch_size, source, sample_offset)
         small = self._low_res(low_res, batch_size)
+        if guidance is None and self.num_classes() is None:
+            labels = None  # drawn for the classifier (their order of draws), but scale 0: no one reads them
         x_T = self._initial_noise(latents, shape, source, sample_offset)
         x, graph_status = self.engine.sample(
             plan, shape, source, device=self.device, x_T=x_T, class_labels=labels, low_res=small,
             sample_offset=sample_offset,
             use_cuda_graph=use_cuda_graph, compile=compile, channels_last=channels_last, progress=progress,
+            guidance=guidance,
         )  # fmt: skip
         images = to_output(x, output_type)
         return PipelineOutput(images, graph_status) if return_dict else (images,)
@@ -346,6 +394,28 @@ class Pipeline:
             self._plans[key] = (scheduler, plan)
         return plan
 
+    def _guidance(self, scale: float | None) -> ClassifierGuidance | None:
+        """The call's classifier guidance, or None (no classifier, or scale 0: their unguided sampling)."""
+        if self.classifier is None:
+            if scale is not None:
+                raise ValueError(
+                    "classifier_scale applies to a pipeline loaded with a classifier (classifier=)"
+                )
+            return None
+        scale = self.classifier_scale if scale is None else scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not np.isfinite(scale):
+            raise ValueError(f"classifier_scale must be a finite number, got {scale!r}")
+        if scale == 0:
+            return None
+        process = self.process
+        return ClassifierGuidance(
+            self.classifier,
+            float(scale),
+            labels_to_net=self.num_classes() is not None,
+            alphas_cumprod=process.training_alphas_cumprod(),
+            prediction_type=process.prediction_type(),
+        )
+
     def _check_output_channels(self, plan: SamplingPlan | EagerPlan) -> None:
         """A plan whose update reads learned variances needs a net with 2 x in_channels output channels."""
         if isinstance(plan, EagerPlan) or not plan.reads_variance:
@@ -367,7 +437,7 @@ class Pipeline:
     def _class_labels(self, labels, batch_size: int, source: NoiseSource, sample_offset: int):
         """The batch's class labels (B,) int64 on the device, drawn when not given, or None for an
         unconditional net."""
-        classes = self.num_classes()
+        classes = self.label_classes()
         if classes is None:
             if labels is not None:
                 raise ValueError("class_labels was given but this model is not class-conditional")

@@ -38,26 +38,53 @@ def checkpoint_path(checkpoint: str | None, argument: str = "checkpoint") -> str
         raise CliError(f"{argument} {_one_line(str(error))}") from None
 
 
-def load_pipeline(path: str, device: str, dtype: str, flags: str | None = None):
+def load_pipeline(
+    path: str, device: str, dtype: str, flags: str | None = None, classifier: str | None = None
+):
     """fastddpm.load, with any failure to read the checkpoint turned into one line of bad input.
 
-    ``flags``: an ADM checkpoint's flag string as their README writes it, passed as keyword flags."""
+    ``flags``: an ADM checkpoint's flag string as their README writes it, passed as keyword flags (their
+    CLASSIFIER_FLAGS go to ``classifier``, a guided-diffusion classifier file, with image_size)."""
     from fastddpm import pipeline
+    from fastddpm.checkpoints.adm_classifier import is_classifier_flag
     from fastddpm.checkpoints.adm_flags import parse_flag_string
 
     try:
-        pipe = pipeline.load(path, **(parse_flag_string(flags) if flags else {}))
+        given = parse_flag_string(flags) if flags else {}
+    except ValueError as error:
+        raise CliError(f"--flags: {_one_line(str(error))}") from None
+    classifier_flags = {k: given.pop(k) for k in list(given) if is_classifier_flag(k)}
+    if classifier is None and classifier_flags:
+        raise CliError(
+            f"--flags {next(iter(classifier_flags))} applies to a classifier, and no --classifier was given"
+        )
+    if classifier is not None and not os.path.isfile(classifier):
+        raise CliError(f"--classifier {classifier}: no such file")
+    try:
+        pipe = pipeline.load(path, **given)
     except Exception as error:  # a corrupt file raises whatever its parser raises
-        message = _one_line(str(error)) or type(error).__name__
-        # The readers' messages start with the path already: say it once.
-        message = message.removeprefix(f"{path}: ")
-        raise CliError(f"cannot read checkpoint {path}: {message}") from None
+        raise CliError(f"cannot read checkpoint {path}: {_without(path, error)}") from None
+    if classifier is not None:
+        shared = {k: given[k] for k in ("image_size",) if k in given}
+        try:
+            pipe.load_classifier(os.path.abspath(classifier), **shared, **classifier_flags)
+        except Exception as error:
+            message = _without(os.path.abspath(classifier), error).removeprefix(
+                f"classifier {os.path.abspath(classifier)} "
+            )
+            raise CliError(f"--classifier {classifier}: {message}") from None
     try:
         return pipe.to(device, dtype)
     except Exception as error:
         raise CliError(
             f"cannot move the model to device {device} in {dtype}: {_one_line(str(error))}"
         ) from None
+
+
+def _without(path: str, error: Exception) -> str:
+    """The error in one line, without the path the readers' messages start with (said once by the caller)."""
+    message = _one_line(str(error)) or type(error).__name__
+    return message.removeprefix(f"{path}: ")
 
 
 def _one_line(text: str) -> str:

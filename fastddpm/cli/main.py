@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(sample)
     _add_flags_option(sample)
+    sample.add_argument(
+        "--classifier",
+        default=None,
+        help="a guided-diffusion noisy-image classifier (.pt) guiding an ADM checkpoint; its CLASSIFIER_FLAGS "
+        "and --classifier_scale go in --flags, as their classifier_sample.py takes them",
+    )
 
     convert = commands.add_parser("convert", help="write any readable checkpoint as a diffusers folder")
     convert.add_argument("source", help="checkpoint file or folder")

@@ -109,7 +109,8 @@ def run_sample(args) -> int:
     args.eta = check_eta(args.sampler, args.eta)
     check_grid(args.grid)
     path = checkpoint_path(args.checkpoint)
-    pipe = load_pipeline(path, device_for(share, args.device), args.dtype, args.flags)
+    classifier = getattr(args, "classifier", None)
+    pipe = load_pipeline(path, device_for(share, args.device), args.dtype, args.flags, classifier)
     refuse_unused_respacing(pipe, args.sampler, args.steps)
     steps = resolve_steps(pipe, args.sampler, args.steps)
     karras = bool(getattr(args, "karras", False))
@@ -137,6 +138,9 @@ def run_sample(args) -> int:
         "format": args.format,
         **({"flags": args.flags} if args.flags else {}),  # an ADM checkpoint's flags change its images
     }
+    if classifier is not None:  # only when set: manifests written before --classifier still match
+        settings["classifier_sha256"] = checkpoint_fingerprint(os.path.abspath(classifier))
+        settings["classifier_scale"] = pipe.classifier_scale
     if karras:  # only when set: manifests written before --karras existed still match
         settings["karras"] = True
     if low_res is not None:
@@ -179,6 +183,11 @@ def run_sample(args) -> int:
             "format": args.format,
             "out": writer.output,
             "processes": share.world_size,
+            **(
+                {"classifier": os.path.abspath(classifier), "classifier_scale": pipe.classifier_scale}
+                if classifier
+                else {}
+            ),
             "threads": args.threads,
         }
         print(json.dumps(summary), flush=True)
@@ -221,9 +230,9 @@ def check_low_res(pipe, args) -> LowResSet | None:
 
 
 def run_labels(pipe, args, low_res: LowResSet | None):
-    """The labels of images 0 .. num - 1 of a class-conditional run (None for an unconditional one): the
+    """The labels of images 0 .. num - 1 of a class-conditional or classifier-guided run (else None): the
     low-resolution set's for an upsampler, else those philox draws for each index."""
-    if pipe.num_classes() is None:
+    if pipe.label_classes() is None:
         return None
     if low_res is not None:
         return low_res.labels[: args.num]

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from fastddpm.engine.conditioned_network import ConditionedNetwork
 from fastddpm.engine.cuda_graph import CUDA_GRAPHS, GraphCalls, capture_step
 from fastddpm.engine.eager_loop import run_eager_loop
+from fastddpm.engine.guidance import ClassifierGuidance
 from fastddpm.engine.noise_source import NoiseSource
 from fastddpm.engine.plan import EagerPlan, SamplingPlan
 from fastddpm.engine.sampling_loop import SamplingLoop
@@ -69,12 +70,17 @@ class SamplingEngine:
         compile: bool = False,
         channels_last: bool | None = None,
         progress: bool = True,
+        guidance: ClassifierGuidance | None = None,
     ) -> tuple[torch.Tensor, str]:
-        """x_0 (float32) for one batch from x_T, and PipelineOutput.cuda_graph's value."""
+        """x_0 (float32) for one batch from x_T, and PipelineOutput.cuda_graph's value. ``guidance``: a
+        classifier's (engine/guidance.py), applied by the plan's update where it takes a gradient (ADM's
+        own loops), else as the network's score correction."""
         self._use_memory_format(channels_last, device)
+        if guidance is not None:  # the classifier runs on the sample in the net's layout
+            guidance.classifier.to(memory_format=self.memory_format)
         with tqdm(total=plan.steps, disable=not progress, desc=f"fastddpm {plan.name}", leave=False) as bar:
             if isinstance(plan, EagerPlan):
-                network = self._network(plan, shape, device, class_labels, low_res, compile)
+                network = self._network(plan, shape, device, class_labels, low_res, compile, guidance)
                 x = run_eager_loop(network, plan.scheduler, x_T, noise, sample_offset, progress=bar)
                 wanted = use_cuda_graph if use_cuda_graph is not None else device.type == "cuda"
                 # a graph was asked for (or is the CUDA default) but this plan has no fused form
@@ -83,7 +89,7 @@ class SamplingEngine:
                 )
                 return x, status
             loop, replay, status = self._loop(
-                plan, shape, device, noise, class_labels, low_res, compile, use_cuda_graph
+                plan, shape, device, noise, class_labels, low_res, compile, use_cuda_graph, guidance
             )
             draw = None
             if not noise.philox:
@@ -95,13 +101,17 @@ class SamplingEngine:
         return x.clone(), status
 
     # ---------------------------------------------------------------------------------------- internals
-    def _network(self, plan, shape, device, class_labels, low_res, compile: bool) -> ConditionedNetwork:
+    def _network(
+        self, plan, shape, device, class_labels, low_res, compile: bool, guidance=None
+    ) -> ConditionedNetwork:
         """The conditioned network of this call; with ``compile``, over the compiled U-Net after one eager
         forward (ops decides each call's backend eagerly; the compiled graph looks the decisions up)."""
         channels = shape[1]
+        update = getattr(plan, "update", None)
         network = ConditionedNetwork(
-            self.unet, self.net_dtype, channels, self.timestep_scale, plan.reads_variance
-        )
+            self.unet, self.net_dtype, channels, self.timestep_scale, plan.reads_variance, guidance,
+            update_takes_gradient=getattr(update, "takes_gradient", False),
+        )  # fmt: skip
         network.set_class_labels(class_labels)
         network.set_low_res(low_res)
         if compile:
@@ -113,7 +123,7 @@ class SamplingEngine:
 
     def _loop(
         self, plan: SamplingPlan, shape, device, noise: NoiseSource, class_labels, low_res, compile,
-        use_cuda_graph,
+        use_cuda_graph, guidance=None,
     ):  # fmt: skip
         """(loop, graph replay or None, cuda_graph status), built and (with graphs) captured once per key;
         a cached loop's network gets this batch's class labels and low-resolution images."""
@@ -127,12 +137,13 @@ class SamplingEngine:
             plan.key(), shape, self.net_dtype, noise.mode, philox_seed, bool(compile), bool(use_cuda_graph),
             self.memory_format, self.timestep_scale, plan.reads_variance, class_labels is not None,
             None if low_res is None else tuple(low_res.shape),
+            None if guidance is None else guidance.key(),
         )  # fmt: skip
         if key in self._loops:
             self._loops[key][0].network.set_class_labels(class_labels)
             self._loops[key][0].network.set_low_res(low_res)
             return self._loops[key]
-        network = self._network(plan, shape, device, class_labels, low_res, compile)
+        network = self._network(plan, shape, device, class_labels, low_res, compile, guidance)
         loop = SamplingLoop(network, plan, shape, device, self.memory_format, noise)
         replay, status = None, "off"
         if use_cuda_graph:

@@ -22,6 +22,7 @@ Their samplers draw one standard normal per step, the last included; the plan's 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -249,6 +250,23 @@ class GaussianDiffusion:
         options = self.step_options(self.kind)
         update = SamplerStepUpdate(tuple(sorted(options.items())))
         return SamplingPlan(self.kind, timesteps, table, update, (True,) * len(timesteps))
+
+    def guided_plan(self, plan: SamplingPlan) -> SamplingPlan:
+        """``plan`` with classifier guidance as their p_sample / ddim_sample apply cond_fn: condition_mean
+        (the model's variance; fixed_small's is the unclipped posterior variance, as their model_variance)
+        or condition_score (engine/guidance.py)."""
+        from fastddpm.engine.guidance import GuidedMeanUpdate, GuidedScoreUpdate
+
+        if self.kind == "ddpm":
+            fixed_small = bool(self.config["sigma_small"]) and not self.config["learn_sigma"]
+            update = GuidedMeanUpdate(plan.update.options, fixed_small)
+        else:
+            update = GuidedScoreUpdate(plan.update.options)
+        return dataclasses.replace(plan, update=update)
+
+    def training_alphas_cumprod(self) -> np.ndarray:
+        """abar over all diffusion_steps, float64 (the fast samplers' schedule)."""
+        return np.cumprod(1.0 - self.base_betas)
 
     def step_options(self, sampler: str) -> dict[str, Any]:
         """ops.sampler_step's keyword arguments for this process."""
