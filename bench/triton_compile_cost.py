@@ -21,9 +21,8 @@ it; later stages (separate processes on the device too) load it from Triton's di
 `batch_size="auto"` (tests/engine) reads CUDA memory: the stand-ins report 141 GiB free and nothing allocated,
 so it comes out at MAX_AUTO_BATCH, as it will for the tiny test U-Net on an H200.
 
-Run from the repository root (one job; the full tier took several minutes on 2 cores, see
-bench/results/gpu-check-sizing-2026-12-04.md):
-    python bench/triton_compile_cost.py [--tier full|smoke] [--out FILE] [--count-only]
+Run from the repository root (one job, several minutes on 2 cores; results in bench/results/triton-compile-*):
+    python bench/triton_compile_cost.py [--out FILE] [--count-only]
 With the device image's versions (Python 3.12, torch 2.11, Triton 3.6; bench/gpu_check.sh's header):
     /tmp/venv312/bin/python bench/triton_compile_cost.py
 """
@@ -330,11 +329,10 @@ def _short(spec: dict) -> str:
     return f"{spec['kernel'].rsplit('.', 1)[1]}({' '.join(parts)}; {options})"
 
 
-def measure_tier(tier: str, compile_them: bool) -> dict:
+def measure(compile_them: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTDDPM_BACKEND")}
-    env["FASTDDPM_GPU_TIER"] = tier
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    work = tempfile.mkdtemp(prefix=f"triton_compile_cost_{tier}_")
+    work = tempfile.mkdtemp(prefix="triton_compile_cost_")
     env["TRITON_CACHE_DIR"] = os.path.join(work, "cache")  # empty: the first stage compiles cold
     stages, seen = [], set()
     for stage in STAGES:
@@ -384,13 +382,12 @@ def measure_tier(tier: str, compile_them: bool) -> dict:
             )
         )
     total = sum(stage["compile_seconds"] or 0.0 for stage in stages)
-    return dict(tier=tier, specialisations=len(seen), compile_seconds=round(total, 1) if compile_them else None,
+    return dict(specialisations=len(seen), compile_seconds=round(total, 1) if compile_them else None,
                 stages=stages)  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiers", default="full,smoke", help="FASTDDPM_GPU_TIER values to measure, in order")
     parser.add_argument("--out", help="JSON file (default: only the summary lines)")
     parser.add_argument("--count-only", action="store_true", help="count, do not compile")
     parser.add_argument("--record-stage", help=argparse.SUPPRESS)
@@ -400,7 +397,7 @@ def main() -> int:
     if args.record_stage:
         return record_stage(args.record_stage, args.record_file, args.compile)
 
-    command = "python bench/triton_compile_cost.py --tiers " + args.tiers
+    command = "python bench/triton_compile_cost.py"
     report = dict(
         what="Triton specialisations the GPU tier (pytest -m gpu, in bench/gpu_check.sh's stages) launches, and "
         "their compile for sm_90 on this CPU: each stage in its own process, one compile after another, into a "
@@ -410,20 +407,19 @@ def main() -> int:
         cores=os.cpu_count(),
         python=platform.python_version(),
         versions=_versions(),
-        tiers=[measure_tier(tier, not args.count_only) for tier in args.tiers.split(",")],
+        **measure(not args.count_only),
     )
     if args.out:
         with open(args.out, "w") as f:
             f.write(json.dumps(report, indent=1) + "\n")
-    for tier in report["tiers"]:
-        for stage in tier["stages"]:
-            print(
-                f"{tier['tier']} {stage['stage']}: {stage['gpu_tests']} GPU tests, {stage['launches']} launches, "
-                f"{stage['specialisations']} specialisations, {stage['compiled_cold']} compiled cold in "
-                f"{stage['compile_seconds']} s (slowest {stage['slowest_compile_seconds']} s), "
-                f"{stage['loaded_from_earlier_stages']} from the cache in {stage['load_seconds']} s"
-            )
-        print(f"{tier['tier']}: {tier['specialisations']} specialisations, {tier['compile_seconds']} s")
+    for stage in report["stages"]:
+        print(
+            f"{stage['stage']}: {stage['gpu_tests']} GPU tests, {stage['launches']} launches, "
+            f"{stage['specialisations']} specialisations, {stage['compiled_cold']} compiled cold in "
+            f"{stage['compile_seconds']} s (slowest {stage['slowest_compile_seconds']} s), "
+            f"{stage['loaded_from_earlier_stages']} from the cache in {stage['load_seconds']} s"
+        )
+    print(f"all stages: {report['specialisations']} specialisations, {report['compile_seconds']} s")
     return 0
 
 

@@ -125,12 +125,13 @@ def test_thread_count_does_not_change_an_image(odd_pipe):
 
 def test_opting_out_takes_the_batch_variant_kernels(odd_pipe, monkeypatch):
     # The switch is read per call; the opt-out path (oneDNN / MKL) still samples correctly, and the two
-    # paths agree to float32 rounding (measured 4e-7 here, AMD EPYC AVX2).
+    # paths agree to float32 rounding over the steps: measured 4e-7 on one AMD EPYC (AVX2) and 1.2e-5 on
+    # another (AVX2 too; oneDNN / MKL block by the CPU model). A wrong kernel moves the images by 1e-1.
     invariant = draw(odd_pipe, 4, 0, "ddim")
     monkeypatch.setenv(batch_invariant.ENV_VAR, "0")
     variant = draw(odd_pipe, 4, 0, "ddim")
     assert not torch.equal(invariant, variant), "FASTDDPM_BATCH_INVARIANT=0 should take other kernels"
-    assert float((invariant - variant).abs().max()) < 1e-5
+    assert float((invariant - variant).abs().max()) < 5e-5
     monkeypatch.setenv(batch_invariant.ENV_VAR, "maybe")
     with pytest.raises(ValueError, match="FASTDDPM_BATCH_INVARIANT='maybe' is not one of"):
         draw(odd_pipe, 1, 0, "ddim")

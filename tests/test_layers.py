@@ -24,6 +24,7 @@ LAYER = {
     "schedulers": 2,
     "checkpoints": 2,
     "pipeline": 3,
+    "upsampling": 3,  # an upsampler's low_res input, checked for the pipeline (and the command line)
     "": 4,  # fastddpm/__init__.py, the public API: only the command line may go through it
     "cli": 4,
 }

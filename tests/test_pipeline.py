@@ -130,7 +130,7 @@ def test_default_steps_are_training_steps_for_ddpm_and_50_for_ddim(small_unet, m
     "kwargs,message",
     [
         ({"batch_size": 0}, "batch_size"),
-        ({"sampler": "lms"}, "sampler"),
+        ({"sampler": "lcm"}, "sampler"),
         ({"num_inference_steps": 201}, "num_inference_steps"),
         ({"noise": "sobol"}, "noise"),
         ({"output_type": "jpg"}, "output_type"),
