@@ -29,7 +29,10 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 # Compatible classes (diffusers' KarrasDiffusionSchedulers that fastddpm has): every one builds from every
 # other's config, so `pipe.scheduler = X.from_config(pipe.scheduler.config)` works in both directions.
-ALL_SCHEDULERS = tuple(SCHEDULER_MODULES)
+# diffusers' KarrasDiffusionSchedulers: each of these lists the others as compatibles. SASolverScheduler lists
+# them too but is not one of them (diffusers 0.42.1), so another class's compatibles never offer it (its
+# from_config would refuse their algorithm_type).
+ALL_SCHEDULERS = tuple(name for name in SCHEDULER_MODULES if name != "SASolverScheduler")
 
 
 @dataclass

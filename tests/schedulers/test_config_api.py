@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fastddpm
+from fastddpm.sampler_registry import SAMPLERS
 from fastddpm.schedulers import SchedulerOutput
 
 # module-level skip where diffusers is absent (the GPU image), not a collection error
@@ -67,6 +68,19 @@ def test_register_to_config_and_deprecated_attribute_access():
 def test_compatibles_build_from_each_others_config():
     names = {c.__name__ for c in fastddpm.DDPMScheduler().compatibles}
     assert {"DDPMScheduler", "DDIMScheduler"} <= names
+
+
+@pytest.mark.parametrize("name", sorted({entry.class_name for entry in SAMPLERS.values()}))
+def test_compatibles_are_diffusers_own_and_each_builds_from_this_config(name):
+    """The same list as diffusers' class (its KarrasDiffusionSchedulers, which leave SASolverScheduler out:
+    offering it from DPMSolverMultistepScheduler failed diffusers' own test_compatibles, as its from_config
+    refuses algorithm_type "dpmsolver++"), and every compatible class builds from this class's config."""
+    ours = getattr(fastddpm, name)()
+    theirs = {c.__name__ for c in getattr(diffusers, name)().compatibles}
+    registered = {entry.class_name for entry in SAMPLERS.values()}
+    assert {c.__name__ for c in ours.compatibles} == theirs & registered
+    for compatible in ours.compatibles:
+        assert compatible.from_config(ours.config) is not None
 
 
 def test_scheduler_output_behaves_like_base_output():
