@@ -20,7 +20,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.adm_forward_bench import timed  # noqa: E402
 from fastddpm.checkpoints.adm_classifier import resolve_classifier_flags  # noqa: E402
 from fastddpm.checkpoints.adm_flags import parse_flag_string, resolve_flags  # noqa: E402
 from fastddpm.engine.conditioned_network import ConditionedNetwork  # noqa: E402
@@ -64,16 +64,6 @@ PUBLISHED = {
         "--image_size 512",
     ),
 }
-
-
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1000
 
 
 def main() -> int:

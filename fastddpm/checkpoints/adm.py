@@ -32,7 +32,7 @@ from fastddpm.checkpoints.adm_flags import (
     resolve_flags,
     resolve_super_res_flags,
 )
-from fastddpm.checkpoints.files import CheckpointError, as_state_dict, check_finite
+from fastddpm.checkpoints.files import CheckpointError, as_state_dict, fitted_tensors
 from fastddpm.models.adm_unet import AdmUNet
 
 ADM_MARKERS = ("time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight")
@@ -186,16 +186,7 @@ def read_adm(state: Any, path: Path, given: Mapping[str, Any], sample_size: int 
         expected = AdmUNet.expected_shapes(flags)
     except ValueError as exc:  # a head split that does not divide a level's channels
         raise CheckpointError(f"{path}: {exc}") from exc
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(n for n in set(expected) & set(state) if tuple(state[n].shape) != expected[n])
-    if missing or unexpected or misshaped:
-        raise CheckpointError(
-            f"{path}: ADM weights do not fit the flags: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"mis-shaped {misshaped[:3]}"
-        )
-    check_finite(state, path)
-    tensors = {n: t.to(device=device or "cpu", dtype=dtype or torch.float32) for n, t in state.items()}
+    tensors = fitted_tensors(state, expected, path, "ADM", device, dtype)
     unet = AdmUNet.from_state_dict(flags, tensors)
     scheduler = {"_class_name": "GaussianDiffusion", **{k: flags[k] for k in DIFFUSION_FLAGS}}
     return unet, scheduler

@@ -25,7 +25,7 @@ from fastddpm.checkpoints.files import (
     PICKLE_SUFFIXES,
     CheckpointError,
     as_state_dict,
-    check_finite,
+    fitted_tensors,
     load_pickle,
     load_safetensors,
 )
@@ -210,16 +210,7 @@ def read_classifier(path, given: Mapping[str, Any], device=None, dtype=None) -> 
         expected = AdmClassifier.expected_shapes(flags)
     except ValueError as exc:  # a width whose attention channels do not split into heads of 64
         raise CheckpointError(f"{location}: {exc}") from exc
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(n for n in set(expected) & set(state) if tuple(state[n].shape) != expected[n])
-    if missing or unexpected or misshaped:
-        raise CheckpointError(
-            f"{location}: classifier weights do not fit the flags: missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}, mis-shaped {misshaped[:3]}"
-        )
-    check_finite(state, location)
-    tensors = {n: t.to(device=device or "cpu", dtype=dtype or torch.float32) for n, t in state.items()}
+    tensors = fitted_tensors(state, expected, location, "classifier", device, dtype)
     return AdmClassifier.from_state_dict(flags, tensors)
 
 

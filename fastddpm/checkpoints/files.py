@@ -115,6 +115,28 @@ def check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
             raise CheckpointError(f"{path}: tensor {name} holds NaN or inf values")
 
 
+def fitted_tensors(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    path: Path,
+    what: str,
+    device,
+    dtype,
+) -> dict[str, torch.Tensor]:
+    """The state's tensors on ``device`` in ``dtype`` (default CPU, float32) once its names and shapes are
+    exactly ``expected`` (else one CheckpointError naming the first few of each mismatch) and all finite."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(n for n in set(expected) & set(state) if tuple(state[n].shape) != expected[n])
+    if missing or unexpected or misshaped:
+        raise CheckpointError(
+            f"{path}: {what} weights do not fit the flags: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"mis-shaped {misshaped[:3]}"
+        )
+    check_finite(state, path)
+    return {n: t.to(device=device or "cpu", dtype=dtype or torch.float32) for n, t in state.items()}
+
+
 def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
