@@ -12,6 +12,7 @@ import torch
 import fastddpm
 from fastddpm import sampler_registry
 from fastddpm.sampler_registry import NAMES, SAMPLERS, SamplerEntry
+from tests.optional_packages import skip_without_torchsde
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -48,6 +49,7 @@ def digits():
 @pytest.mark.parametrize("noise", ["philox", "torch"])
 @pytest.mark.parametrize("name", NAMES)
 def test_every_registered_name_samples(digits, name, noise):
+    skip_without_torchsde(name, noise)
     out = digits(
         batch_size=2,
         num_inference_steps=4,

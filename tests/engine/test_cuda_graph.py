@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastddpm.engine import cuda_graph
+from tests.optional_packages import skip_without_torchsde
 
 
 class FakeStream:
@@ -111,6 +112,7 @@ def test_the_capture_protocol_runs_every_plan_and_replays_what_eager_computes(di
     """Warm-up, restore, capture and replay over every sampler's plan, one-step schedules included: a read
     past the step table (the second warm-up call of a one-step plan, before each call restored the step
     index) raises here, as it would assert on a GPU; and the replayed loop computes the eager images."""
+    skip_without_torchsde(name, noise)
     digits.engine.graph_calls = CpuGraphCalls()
     try:
         run = dict(

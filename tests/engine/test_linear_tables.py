@@ -30,6 +30,7 @@ from fastddpm.engine.plan import LinearUpdate
 from fastddpm.engine.sampling_loop import SamplingLoop
 from fastddpm.schedulers import samplers
 from tests.engine.test_sampling_loop import host_syncs_forbidden
+from tests.optional_packages import skip_without_torchsde
 from tests.tolerances import assert_close
 
 SHAPE = (2, 3, 4, 5)
@@ -207,6 +208,7 @@ FAST_SAMPLERS = [n for n in samplers.NAMES if n not in ("ddpm", "ddim")]
 @pytest.mark.parametrize("name", FAST_SAMPLERS)
 def test_linear_update_loop_step_does_no_host_sync(small_fastddpm_unet, name, noise, monkeypatch):
     """What lets one CUDA graph replay every evaluation: no tensor-to-host conversion inside the step."""
+    skip_without_torchsde(name, noise)
     monkeypatch.setenv("FASTDDPM_BACKEND", "torch")
     pipe = fastddpm.Pipeline(small_fastddpm_unet)
     pipe(batch_size=2, num_inference_steps=4, sampler=name, seed=1, noise=noise, progress=False)
