@@ -109,8 +109,9 @@ class MultistepScheduler(TableDriven, ConfigMixin):
 
     def _last_timestep(self) -> int:
         """Where the spacing starts: every training step, less those whose lambda is below the config's
-        lambda_min_clipped where it has one (DPM-Solver, SA-Solver; critical for the cosine schedule)."""
-        clip = self.config.get("lambda_min_clipped")
+        lambda_min_clipped where it has one (DPM-Solver, SA-Solver; critical for the cosine schedule). UniPC and
+        DEIS have no such field: one carried over from a DPM-Solver config by from_config must not clip theirs."""
+        clip = self._own_field("lambda_min_clipped")
         if clip is None:
             return self.config.num_train_timesteps
         clipped = torch.searchsorted(torch.flip(self.lambda_t, [0]), clip)
@@ -227,7 +228,7 @@ class MultistepScheduler(TableDriven, ConfigMixin):
     # ------------------------------------------------------------------------------------ conversions
     def _sigma_to_alpha_sigma_t(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha_t, sigma_t) of a step sigma: the VP form, or with flow sigmas x_t = (1 - s) x0 + s eps."""
-        if self.config.get("use_flow_sigmas"):
+        if self._own_field("use_flow_sigmas"):
             return 1 - sigma, sigma
         alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
         return alpha_t, sigma * alpha_t
@@ -239,7 +240,7 @@ class MultistepScheduler(TableDriven, ConfigMixin):
         return reference.threshold_sample(x, c.dynamic_thresholding_ratio, c.sample_max_value).to(dtype)
 
     def _mean_channels(self, model_output: torch.Tensor) -> torch.Tensor:
-        if self.config.get("variance_type") in ("learned", "learned_range"):
+        if self._own_field("variance_type") in ("learned", "learned_range"):
             return model_output[:, :3]  # diffusers keeps the first 3 channels of a learned-variance model
         return model_output
 
