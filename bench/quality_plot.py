@@ -16,8 +16,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 WIDTH, HEIGHT = 1280, 560
 SCALE = 2
-# tab10 without its grey, which is kept for the reference lines
-COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+# tab10 without its grey, which is kept for the reference lines, and three darker hues for the eleven
+# deterministic samplers (bench/sampler_quality.py's larger group)
+COLOURS = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+    "#000080", "#808000", "#800000",
+]  # fmt: skip
 REFERENCE_STYLES = [("#000000", (14, 6)), ("#505050", (4, 3))]  # (colour, (dash, gap)) in output pixels
 PANELS = [("confidence", "classifier confidence (higher is better)"), ("fd", "pixel FD (lower is better)")]
 PLOT_TOP, PLOT_BOTTOM = 80, 480

@@ -7,8 +7,9 @@ Each row samples ``samples`` images (noise="philox", seed 0) and reports the dig
 probability (tests/test_default_model.py), the smallest per-digit share, and the pixel Frechet distance
 between the samples and the 1797 real 8x8 digits (64-d pixel vectors, in [0, 1]). DDPM at 1000 steps
 only with --ddpm (1000 forwards). --json writes the rows (rewritten after each row, so a long run that is
-stopped keeps what it measured); --from-json reads them back instead of sampling; --plot draws them
-(bench/quality_plot.py).
+stopped keeps what it measured); --from-json reads them back instead of sampling; --plot FILE.png draws them
+(bench/quality_plot.py): the deterministic samplers into FILE.png, the stochastic ones into
+FILE-stochastic.png.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.quality_plot import draw_quality_plot  # noqa: E402
 
-SAMPLERS = ["dpm++2m", "dpm++3m", "dpm++2m-sde", "unipc", "deis", "euler", "euler-a", "heun", "pndm"]
+# Every sampler of fastddpm/sampler_registry.py but the two references, split into two plots so that each
+# line keeps a colour of its own: the deterministic ones, and those that draw fresh noise at every step.
+# tests/test_sampler_quality.py checks that the two groups together name every registered sampler.
+PLOT_GROUPS = {
+    "": ["dpm++2m", "dpm++3m", "dpm++2s", "dpm++3s", "unipc", "deis", "euler", "heun", "kdpm2", "lms", "pndm"],
+    "-stochastic": ["dpm++2m-sde", "dpm++2s-sde", "dpm-sde", "euler-a", "kdpm2-a", "sa-solver"],
+}  # fmt: skip
+SAMPLERS = [name for group in PLOT_GROUPS.values() for name in group]
 STEPS = [5, 10, 20]
 REFERENCES = [("ddim", 50), ("ddpm", 1000)]
 
@@ -99,9 +107,25 @@ def main(argv: list[str] | None = None) -> None:
         runs = [(name, steps) for name in SAMPLERS for steps in STEPS] + REFERENCES[: 2 if args.ddpm else 1]
         rows, samples = measure(runs, args.samples, args.json), args.samples
     if args.plot is not None:
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        draw_quality_plot(rows, args.plot, subtitle=f"digits model, {samples} samples, seed 0")
-        print(f"plot written to {args.plot}")
+        for path in draw_group_plots(rows, args.plot, samples):
+            print(f"plot written to {path}")
+
+
+def draw_group_plots(rows: list[dict], plot: Path, samples: int) -> list[Path]:
+    """One plot per PLOT_GROUPS entry that has rows, each with the reference lines: FILE.png for the
+    deterministic samplers, FILE-stochastic.png for the others. Returns the paths written."""
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    references = {name for name, _ in REFERENCES}
+    written = []
+    for suffix, names in PLOT_GROUPS.items():
+        group_rows = [row for row in rows if row["sampler"] in names or row["sampler"] in references]
+        if not any(row["sampler"] in names for row in group_rows):
+            continue
+        kind = "stochastic samplers, " if suffix else ""
+        path = plot.with_name(plot.stem + suffix + plot.suffix)
+        draw_quality_plot(group_rows, path, subtitle=f"{kind}digits model, {samples} samples, seed 0")
+        written.append(path)
+    return written
 
 
 if __name__ == "__main__":

@@ -72,3 +72,24 @@ def test_more_samplers_than_colours_are_refused(tmp_path):
 )
 def test_nice_ticks_are_round_and_inside_the_range(low, high, expected):
     assert nice_ticks(low, high) == pytest.approx(expected)
+
+
+def test_the_bench_draws_one_plot_per_group_with_the_references_in_each(tmp_path):
+    from bench.sampler_quality import PLOT_GROUPS, draw_group_plots
+
+    deterministic, stochastic = (group[0] for group in PLOT_GROUPS.values())
+    renamed = {"high": deterministic, "low": stochastic}
+    rows = [
+        dict(row, sampler=renamed.get(row["sampler"], row["sampler"]))
+        for row in ROWS
+        if row["sampler"] != "mid"
+    ]
+    written = draw_group_plots(rows, tmp_path / "quality.png", samples=3)
+    assert [path.name for path in written] == ["quality.png", "quality-stochastic.png"]
+    for path in written:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        assert len(pixels_near(image, COLOURS[0])) > 500  # the group's one sampler, in the first colour
+        assert len(pixels_near(image, COLOURS[1])) == 0
+        assert len(pixels_near(image, "#000000")) > 2000  # the DDIM@50 line is in both
+    only_deterministic = [row for row in rows if row["sampler"] != stochastic]
+    assert [path.name for path in draw_group_plots(only_deterministic, tmp_path / "q.png", 3)] == ["q.png"]

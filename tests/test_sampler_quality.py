@@ -29,3 +29,13 @@ def test_dpm_solver_at_10_steps_is_within_0_03_of_ddim_at_50():
     print(f"\nconfidence: ddim@50 {ddim:.3f}, dpm++2m@10 {dpm:.3f}; min class share {dpm_shares.min():.3f}")
     assert dpm >= ddim - 0.03
     assert dpm_shares.min() >= 0.04  # every digit still drawn
+
+
+def test_the_quality_table_covers_every_registered_sampler_once():
+    """bench/sampler_quality.py lists its samplers by hand, in two plot groups: a sampler added to the registry
+    and forgotten there would be missing from the README's quality table."""
+    from bench.sampler_quality import REFERENCES, SAMPLERS
+    from fastddpm.sampler_registry import NAMES
+
+    assert len(SAMPLERS) == len(set(SAMPLERS))
+    assert sorted(SAMPLERS + [name for name, _ in REFERENCES]) == sorted(NAMES)
