@@ -127,10 +127,16 @@ def test_opting_out_takes_the_batch_variant_kernels(odd_pipe, monkeypatch):
     # The switch is read per call; the opt-out path (oneDNN / MKL) still samples correctly, and the two
     # paths agree to float32 rounding over the steps: measured 4e-7 on one AMD EPYC (AVX2) and 1.2e-5 on
     # another (AVX2 too; oneDNN / MKL block by the CPU model). A wrong kernel moves the images by 1e-1.
+    # Which kernels served tells the paths apart; the images cannot (two computations that may agree).
+    served = []
+    original = backend_ext.matmul_rows
+    monkeypatch.setattr(backend_ext, "matmul_rows", lambda *a, **k: served.append(1) or original(*a, **k))
     invariant = draw(odd_pipe, 4, 0, "ddim")
+    assert served, "the batch-invariant mode should take fastddpm._C's matmul_rows"
+    served.clear()
     monkeypatch.setenv(batch_invariant.ENV_VAR, "0")
     variant = draw(odd_pipe, 4, 0, "ddim")
-    assert not torch.equal(invariant, variant), "FASTDDPM_BATCH_INVARIANT=0 should take other kernels"
+    assert not served, "FASTDDPM_BATCH_INVARIANT=0 should take other kernels"
     assert float((invariant - variant).abs().max()) < 5e-5
     monkeypatch.setenv(batch_invariant.ENV_VAR, "maybe")
     with pytest.raises(ValueError, match="FASTDDPM_BATCH_INVARIANT='maybe' is not one of"):

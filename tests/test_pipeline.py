@@ -86,8 +86,9 @@ def test_output_types_match_diffusers_conventions(small_unet):
     pt, array, pil = run("pt"), run("np"), run("pil")
     assert pt.shape == (2, 3, 16, 8) and array.shape == (2, 16, 8, 3) and array.dtype == np.float32
     assert 0 <= float(pt.min()) and float(pt.max()) <= 1
-    assert np.array_equal(array, pt.permute(0, 2, 3, 1).numpy())
+    assert np.array_equal(array, pt.permute(0, 2, 3, 1).numpy())  # the same run drawn again, transposed
     assert len(pil) == 2 and pil[0].size == (8, 16) and pil[0].mode == "RGB"
+    # the pipeline's PIL conversion is this expression (fastddpm/pipeline.py), on the same floats
     assert np.array_equal(np.asarray(pil[1]), (array[1] * 255).round().astype(np.uint8))
 
 

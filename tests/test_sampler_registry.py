@@ -86,4 +86,5 @@ def test_a_new_sampler_is_one_registry_line(digits, monkeypatch):
     ((loop, _, _),) = digits.engine._loops.values()
     assert loop.update.state_slots == 2
     first_order = fastddpm.DPMSolverMultistepScheduler.from_config(digits.scheduler_config, solver_order=1)
+    # the registry line and the scheduler it names: one class, one config, so the same table and loop
     assert torch.equal(out.images, digits(sampler=first_order, **run).images)

@@ -16,6 +16,14 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
     return TOLERANCES[dtype]
 
 
+def ulps_of_scale(expected: torch.Tensor, ulps: float, dtype: torch.dtype = torch.float32) -> float:
+    """An absolute bound of ``ulps`` units in the last place of ``dtype`` at the largest |value| of
+    ``expected``: for two implementations of one sequence of correctly rounded operations (a kernel and
+    its torch reference), which agree bit for bit where nothing reorders or contracts them (an FMA, a
+    vectorised sum), without assuming that they always will."""
+    return ulps * torch.finfo(dtype).eps * float(expected.detach().abs().max())
+
+
 def assert_close(
     actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, what: str = ""
 ) -> None:

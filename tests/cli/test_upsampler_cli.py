@@ -10,7 +10,7 @@ import fastddpm
 from fastddpm.cli.sample_writer import to_uint8
 from tests.adm_checkpoint import reference_model, reference_upsampler, save_checkpoint
 from tests.adm_families import FAMILIES, SUPER_RES_FAMILIES
-from tests.cli.test_cli import run_in_process
+from tests.cli.test_cli import assert_same_pixels, run_in_process
 
 BASE_FLAGS = FAMILIES["guided_64_cond"][0] + " --timestep_respacing 2"  # 64 px, class-conditional
 UP_FLAGS = SUPER_RES_FAMILIES["guided_64_256_upsampler"][0] + " --timestep_respacing 2"  # 64 -> 256 px
@@ -49,7 +49,7 @@ def test_a_class_conditional_run_records_its_labels(checkpoints, base_npz, tmp_p
     # the labels are the ones the images were drawn with: image 1 alone, with its label given, is the same
     alone = pipe(batch_size=1, sampler="ddpm", seed=4, noise="philox", sample_offset=1, output_type="np",
                  class_labels=expected[1:2], progress=False).images  # fmt: skip
-    assert np.array_equal(to_uint8(alone)[0], pixels[1])
+    assert_same_pixels(to_uint8(alone)[0], pixels[1], "base image 1 alone vs in the CLI's batch of 3")
     png = tmp_path / "png"
     code, _, err = sample(
         capsys, checkpoints[0], "--flags", BASE_FLAGS, "-n", "3", "--out", png, "--seed", "4"
@@ -69,7 +69,8 @@ def test_upsampling_draws_image_i_from_base_image_i(checkpoints, base_npz, tmp_p
         (result,) = out.glob("samples_*.npz")
         with np.load(result) as saved:
             runs[batch_size] = saved["arr_0"], saved["arr_1"]
-    assert np.array_equal(runs[1][0], runs[3][0]) and runs[1][0].shape == (3, 256, 256, 3)
+    assert runs[1][0].shape == (3, 256, 256, 3)
+    assert_same_pixels(runs[1][0], runs[3][0], "upsampled in batches of 1 vs of 3")
     with np.load(archive) as base:
         assert np.array_equal(runs[1][1], base["arr_1"])  # the upsampled images keep their labels
         pixels, labels = base["arr_0"], base["arr_1"]
@@ -77,6 +78,7 @@ def test_upsampling_draws_image_i_from_base_image_i(checkpoints, base_npz, tmp_p
     pipe = fastddpm.load(checkpoints[1], **flags)
     image_2 = pipe(batch_size=1, sampler="ddpm", seed=0, noise="philox", sample_offset=2, output_type="np",
                    low_res=pixels[2:3], class_labels=labels[2:3], progress=False).images  # fmt: skip
+    # a batch of 1 on both sides (the CLI's --batch-size 1 run): the same computation
     assert np.array_equal(to_uint8(image_2)[0], runs[1][0][2])
     # a base PNG folder (labels.txt beside the images) gives the same upsampled images
     png_base = tmp_path / "base_png"
@@ -89,7 +91,8 @@ def test_upsampling_draws_image_i_from_base_image_i(checkpoints, base_npz, tmp_p
     assert code == 0, err
     from PIL import Image
 
-    assert np.array_equal(np.asarray(Image.open(out / "000001.png")), runs[1][0][1])
+    png_pixels = np.asarray(Image.open(out / "000001.png"))
+    assert_same_pixels(png_pixels, runs[1][0][1], "upsampled from PNGs in a batch of 2 vs alone")
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,7 @@ def test_conv_reads_nchw_and_sliced_inputs_through_their_strides():
     wide = torch.randn(3, 20, 7, 7)[:, 4:16]  # a channel slice: storage offset and strides of a view
     wide.copy_(x)
     expected = run_conv(x.contiguous(memory_format=torch.channels_last), weight, bias, None, 3, 1, 1)
+    # the same kernel and tiles on the same values: only the addresses it reads them from differ
     assert torch.equal(run_conv(x, weight, bias, None, 3, 1, 1), expected)
     assert torch.equal(run_conv(wide, weight, bias, None, 3, 1, 1), expected)
 

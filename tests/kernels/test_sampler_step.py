@@ -153,13 +153,16 @@ def test_last_step_adds_no_noise_and_rows_are_read_from_a_device_table():
     # A column-major table: the row table[:, step] has stride > 1; the kernel must honour it.
     rows = [_row("ddpm", "fixed", t, t - 100) for t in (300, 200, 100)] + [_row("ddpm", "fixed", 0, -1)]
     table = torch.stack(rows, dim=1)
+    table[step_columns.SIGMA, 3] = 1.0  # a std the noise would show through: only NOISE_ON keeps it out
     model_output, sample = _inputs((1, 3, 3, 5), "fixed", torch.float32, channels_last=False)
     step_index = torch.tensor(3)
     coeffs = table[:, step_index]
-    assert coeffs.stride(0) > 1 and float(coeffs[step_columns.NOISE_ON]) == 0.0
+    assert coeffs.stride(0) > 1 and float(coeffs[step_columns.NOISE_ON]) == 0.0  # the flag as written
     given = ops.PhiloxNoise(1, 0, step_index + 1)
     x_prev, _ = _check(model_output, sample, coeffs, given, kind="ddpm")
-    without_noise, _ = reference.sampler_step(model_output, sample, coeffs, None, kind="ddpm")
+    # The same kernel without a noise argument: the same operations up to the select that NOISE_ON = 0 makes
+    # return the noise-free value, so the same bits (the reference is another implementation: _check above).
+    without_noise, _ = sampler_step_kernels.sampler_step(model_output, sample, coeffs, None, kind="ddpm")
     assert torch.equal(x_prev, without_noise)
 
 

@@ -81,7 +81,7 @@ def test_direct_means_no_winograd_in_the_batch_invariant_mode(monkeypatch):
 def test_nchw_input_and_autograd_take_the_usual_paths():
     module = layer(8, 8, kernel_size=1)
     x = torch.randn(2, 8, 5, 5)
-    with torch.no_grad():
+    with torch.no_grad():  # NCHW is copied to NHWC first: the same matmul_rows on the same values
         assert torch.equal(module(x), module(x.contiguous(memory_format=torch.channels_last)))
     x.requires_grad_(True)
     module(x).sum().backward()  # grad enabled: nn.Conv2d, which has a backward

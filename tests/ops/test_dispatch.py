@@ -21,6 +21,7 @@ def test_torch_backend_serves_everything_and_matches_reference(monkeypatch):
     weight, bias = torch.randn(6), torch.randn(6)
     assert ops.backend_for("group_norm", x, 3, weight, bias, 1e-5) == "torch"
     out = ops.group_norm(x, 3, weight, bias, 1e-5, silu=True)
+    # the torch backend's group_norm is reference.group_norm: the same function called twice
     assert torch.equal(out, reference.group_norm(x, 3, weight, bias, 1e-5, silu=True))
 
 
@@ -56,7 +57,7 @@ def test_philox_noise_descriptor_is_drawn_by_the_torch_backend(monkeypatch):
     from fastddpm.ops.noise import philox_normal
 
     expected, _ = reference.sampler_step(x, x, coeffs, philox_normal(5, 3, 2, (3, 4, 5), 2), kind="ddpm")
-    assert torch.equal(prev, expected)
+    assert torch.equal(prev, expected)  # the backend draws with philox_normal and steps with the reference
     eps_given = torch.randn_like(x)
     xt, eps = ops.q_sample(x, torch.tensor([3, 7]), torch.linspace(0.99, 0.1, 10), eps_given)
     assert eps is eps_given and xt.shape == x.shape

@@ -41,6 +41,8 @@ def max_diff(name: str, config: dict, steps: int, seed: int = 0) -> float:
     """Largest |ours - diffusers| over every step's x; asserts identical timesteps and sigmas."""
     a, b = getattr(ours, name)(**config), getattr(diffusers, name)(**config)
     trace_a, trace_b = run(a, steps, seed), run(b, steps, seed)
+    # The schedules are built with diffusers' own numpy / torch expressions, in its order (float32 train
+    # sigmas, np.interp, the spacings' float64 numpy): the same computation, hence exact.
     assert torch.equal(a.timesteps, b.timesteps), f"{name} {config}: timesteps differ"
     if hasattr(b, "sigmas"):
         assert torch.equal(a.sigmas.float(), b.sigmas.float()), f"{name} {config}: sigmas differ"

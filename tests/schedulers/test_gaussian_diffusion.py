@@ -62,6 +62,8 @@ def test_ddpm_table_is_their_posterior(sigma_small):
     # what the conditioned network hands the net: their _scale_timesteps, in float32
     model_t = timesteps.float() * diffusion.network_timestep_scale()
     assert torch.equal(model_t, torch.tensor(kept, dtype=torch.float32) * (1000.0 / 4000))
+    # Exact: both sides evaluate the same float64 numpy expressions on arrays of the same length, then round
+    # to float32 once (not a float32 table against a float64 one).
     f32 = lambda a: torch.from_numpy(np.asarray(a)[::-1].copy()).float()  # noqa: E731
     assert torch.equal(table[:, COEF_X0], f32(ref.posterior_mean_coef1))
     assert torch.equal(table[:, COEF_XT], f32(ref.posterior_mean_coef2))

@@ -92,8 +92,12 @@ def test_loop_matches_diffusers(config, steps):
         for (_, xa), (_, xb) in zip(trace_a, trace_b, strict=True)
     ]
     assert max(errors) <= LOOP_TOL, max(errors)
-    if steps == 1:  # order 1: the integral of 1 is sigma_next - sigma, exact on both sides
-        assert max(errors) == 0.0
+    if steps == 1:
+        # Order 1 integrates 1 over [sigma, sigma_next]: scipy's quad there, one Gauss-Legendre node here, two
+        # computations of sigma_next - sigma to float64 rounding, whose float32 coefficients can still be an
+        # ulp apart. Measured 0.0 for every config (Intel Xeon, ATEN_CPU_CAPABILITY=default / avx2 / avx512);
+        # the bound is a coefficient one ulp off plus the step's own rounding (2 ulps at 1 + max |x|).
+        assert max(errors) <= 2**-22, max(errors)
 
 
 def _with_our_coefficients(theirs):
