@@ -92,6 +92,27 @@ def torch_device_name() -> str:
     return torch.cuda.get_device_name()
 
 
+def git_commit(checkout: Path) -> str | None:
+    """The checkout's commit (with '+changes' when its tracked files differ from it), None outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(checkout), *args], capture_output=True, text=True
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return None
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def cpu_vector_sets() -> list[str]:
+    """The vector instruction sets that decide which kernels oneDNN, MKL and fastddpm._C run."""
+    with open("/proc/cpuinfo") as info:
+        flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    return [name for name in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile") if name in flags]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,7 +170,10 @@ def main() -> None:
             "threads": args.threads,
             "repeats": args.repeats,
             "date": time.strftime("%Y-%m-%d"),
+            "cpu_vector_sets": cpu_vector_sets(),
+            "commit": git_commit(ROOT),
             "baseline": str(args.baseline) if args.baseline else None,
+            "baseline_commit": git_commit(args.baseline) if args.baseline else None,
             "rows": rows,
         }
         args.out.write_text(json.dumps(record, indent=1) + "\n")
