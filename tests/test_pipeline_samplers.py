@@ -7,6 +7,7 @@ import torch
 import fastddpm
 from fastddpm.schedulers import samplers
 from tests import model_factory
+from tests.cpu_capability import needs_inductor_vector_capability
 from tests.tolerances import assert_close
 
 # module-level skip where diffusers is absent (the GPU image), not a collection error
@@ -164,6 +165,7 @@ def test_a_nonlinear_config_runs_eagerly_and_says_why_when_a_graph_was_asked(sma
 
 
 @pytest.mark.slow  # torch.compile: about 35 s on 2 cores
+@needs_inductor_vector_capability
 def test_fast_samplers_take_channels_last_and_compile(small_unet):
     """channels_last (the CPU default) and compile apply to the table-driven loop as to DDPM / DDIM: the
     loop's buffers take the network's layout and the images agree with NCHW eager ones (measured: NHWC vs

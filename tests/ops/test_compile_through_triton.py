@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.cpu_capability import needs_inductor_vector_capability
 
 pytest.importorskip("triton")
 
@@ -40,11 +41,7 @@ print("compiled vs eager", (compiled - eager).abs().max().item())
 
 
 @pytest.mark.slow  # a compile of a small U-Net: about 40 s on 2 cores
-@pytest.mark.skipif(
-    torch.backends.cpu.get_cpu_capability() == "DEFAULT",
-    reason="inductor's C++ for the DEFAULT vector capability does not compile in torch 2.14 "
-    "('at::vec' has not been declared); ATEN_CPU_CAPABILITY=default forces it",
-)
+@needs_inductor_vector_capability
 def test_a_compiled_unet_traces_through_the_triton_backend():
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=600
