@@ -158,7 +158,8 @@ class AttentionBlock(nn.Module):
             q, k, v = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             q, k, v = qkv.view(batch, length, heads, 3, head_dim).permute(3, 0, 2, 1, 4).unbind(0)
-        o = ops.attention(q, k, v, head_dim**-0.5).transpose(1, 2).reshape(batch, length, channels)
+        o = batch_invariant.attention(q, k, v, head_dim**-0.5, kernels)
+        o = o.transpose(1, 2).reshape(batch, length, channels)
         residual = x32.permute(0, 2, 3, 1).reshape(batch, length, channels)
         out = batch_invariant.linear(
             self, "proj", o, [self.proj_out.weight[:, :, 0]], [self.proj_out.bias], residual=residual

@@ -26,9 +26,10 @@ The promise needs the extension built for this CPU; tests/test_batch_invariance.
 torch.equal on float images.
 
 With the Triton kernels (CUDA, or FASTDDPM_BATCH_INVARIANT=triton under the interpreter) every convolution
-and matrix product is kernels/conv_rows.py's fixed-tile implicit GEMM and GroupNorm is planned by group
-size; attention stays torch's SDPA. Compiled for sm_90 and tested under the interpreter, not run on a GPU
-yet, so CUDA takes it only when FASTDDPM_BATCH_INVARIANT=1 is set.
+and matrix product is kernels/conv_rows.py's fixed-tile implicit GEMM, attention is kernels/attention_rows.py
+(tiles by head size, the key axis never split) and GroupNorm is planned by group size. Compiled for sm_90
+and tested under the interpreter, not run on a GPU yet, so CUDA takes it only when
+FASTDDPM_BATCH_INVARIANT=1 is set.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fastddpm import ops
 from fastddpm.ops import backend_ext, invariance
 
 ENV_VAR = invariance.ENV_VAR
@@ -148,3 +150,14 @@ def linear(
     packed = packed_linear_weight(owner, key, weights)
     out_features = sum(w.shape[0] for w in weights)
     return backend_ext.matmul_rows(x, packed, out_features, bias, residual, input_silu, divisor)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, kernels: str) -> torch.Tensor:
+    """softmax(q k^T * scale) v over (B, heads, L, D) for the batch-invariant attention blocks: on the Triton
+    path kernels/attention_rows.py (fixed tiles by head size, the key axis never split); on the CPU
+    fastddpm._C's attention, which computes each (sample, head) on its own."""
+    if kernels == "triton":
+        from fastddpm.ops import backend_triton
+
+        return backend_triton.attention_rows(q, k, v, scale)
+    return ops.attention(q, k, v, scale)

@@ -204,7 +204,8 @@ class AttentionBlock(nn.Module):
             self, "qkv", tokens, [p.weight for p in projections], [p.bias for p in projections]
         ).view(batch, length, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, D)
-        o = ops.attention(q, k, v, self.scale).transpose(1, 2).reshape(batch, length, channels)
+        o = batch_invariant.attention(q, k, v, self.scale, kernels)
+        o = o.transpose(1, 2).reshape(batch, length, channels)
         residual = x32.permute(0, 2, 3, 1).reshape(batch, length, channels)
         out_proj = self.to_out[0]
         out = batch_invariant.linear(

@@ -320,6 +320,12 @@ def linear_rows(x, weight, bias, residual=None, input_silu=False, divisor=1.0) -
         return kernel_module("conv_rows").linear(x, weight, bias, residual, input_silu, divisor)
 
 
+def attention_rows(q, k, v, scale) -> torch.Tensor:
+    """kernels/attention_rows.py's batch-invariant attention over (B, heads, L, D) views."""
+    with _on_device_of(q):
+        return kernel_module("attention_rows").attention(q, k, v, scale)
+
+
 # torch.compile(fullgraph=True) cannot trace a launch (it imports the kernel module and enters
 # torch.cuda.device), so a compiled U-Net calls the launcher as a custom op whose fake says the output's
 # shape and layout. Eager calls skip it: a custom op's dispatch costs host time on every one of the

@@ -254,6 +254,17 @@ for dtype, precision, kernel, silu in [("fp32", "tf32", 3, False), ("fp32", "iee
 compile("conv_rows", "_conv_rows_kernel", dict(x_ptr="*fp32", w_ptr="*fp32", bias_ptr="*fp32", res_ptr="*fp32",
         y_ptr="*fp32", **geometry, x_sc=i32, y_sc=i32), dict(KERNEL_H=3, KERNEL_W=3, HAS_BIAS=False,
         HAS_RESIDUAL=False, INPUT_SILU=False, DIVIDE=False, PRECISION="tf32", **tiles))
+# The batch-invariant attention, one variant per tile class (heads up to 64, 256 and 512 channels); the last
+# dimension's strides are 1 in the blocks' qkv views (constexprs), the other strides runtime ints.
+attn = bt.kernel_module("attention_rows")
+strides = {f"{t}_s{axis}": i32 for t in "qkvo" for axis in "bhl"}
+for dtype, head_dim, precision in [("fp32", 64, "tf32"), ("fp32", 512, "ieee"), ("bf16", 130, "ieee"),
+                                   ("fp16", 5, "ieee")]:
+    block_d, block_m, block_n = attn.tiles(head_dim)
+    compile("attention_rows", "_attention_rows_kernel", dict(q_ptr="*" + dtype, k_ptr="*" + dtype,
+            v_ptr="*" + dtype, o_ptr="*" + dtype, length=i32, heads=i32, **strides, scale_log2e="fp32"),
+            dict(q_sd=1, k_sd=1, v_sd=1, o_sd=1, HEAD_DIM=head_dim, BLOCK_D=block_d, PRECISION=precision,
+                 ORDERED_SUM=False, BLOCK_M=block_m, BLOCK_N=block_n))
 """
 
 
