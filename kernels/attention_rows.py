@@ -5,8 +5,8 @@ order, with the running-maximum softmax (each query's maximum, denominator and w
 carried across key blocks in float32). The tile sizes follow the head size alone, never the batch or the
 length, and the key axis is never split across programs: a query's output is the same sequence of
 operations whatever the batch, which programs run beside it and where the batch places it. torch's
-scaled_dot_product_attention on CUDA does not promise that (its flash and memory-efficient kernels pick
-splits of the key axis by the number of programs, which grows with the batch), so
+scaled_dot_product_attention on CUDA does not promise that: it chooses its kernel by shape, and flash
+attention's heuristic for splitting the key axis counts the (batch x heads x query blocks) programs. So
 fastddpm.models.batch_invariant takes this kernel on the Triton path.
 
 Numerics: the scores and the softmax are float32 (exp2 of the scores pre-multiplied by scale * log2(e));

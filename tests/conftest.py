@@ -1,10 +1,13 @@
-"""Test-wide settings: GPU tests skip without CUDA; torch uses one CPU thread; Triton interprets on CPU.
+"""Test-wide settings: GPU tests skip without CUDA; torch uses one CPU thread; Triton interprets on CPU;
+torch.compile's cache is kept per CPU vector capability.
 
 One thread: the tests' tensors are small, and on a busy 2-core machine two OpenMP threads per op measured
 10-25x slower than one (a small U-Net parity check: 5.5 s vs 0.2-0.4 s).
 """
 
+import getpass
 import os
+import tempfile
 
 import pytest
 import torch
@@ -17,6 +20,20 @@ if not torch.cuda.is_available():
     # imports them first; without CUDA that must be the interpreter, for every test module alike. Under
     # FASTDDPM_BACKEND=auto the triton backend still refuses CPU tensors, so other tests run as before.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# torch.compile's C++ code cache is keyed without ATEN_CPU_CAPABILITY, yet its code differs with it: on an
+# Intel Xeon (AVX-512, AMX) a run under ATEN_CPU_CAPABILITY=avx2 after a native one reused the native
+# entries and returned NaN (a compiled U-Net, tests/ops/test_compile_through_triton.py), and a native run
+# after an avx2 one aborted ("corrupted size vs. prev_size"); each is right with a cache of its own. The
+# suite is run under several capabilities on one machine (.ci/run, README), so each gets its own folder;
+# subprocesses inherit it. A folder set by the caller is kept.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(),
+        f"torchinductor_{getpass.getuser()}_{torch.backends.cpu.get_cpu_capability().lower()}",
+    ),
+)
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import fastddpm
+from fastddpm.ops import backend_ext
 from tests.adm_checkpoint import reference_model, save_checkpoint
 from tests.adm_classifiers import CLASSIFIERS, reference_classifier, save_classifier
 
@@ -24,6 +25,12 @@ from tests.adm_classifiers import CLASSIFIERS, reference_classifier, save_classi
 # first step at t = 999 divides the net's float32 error by sqrt(abar) ~ 0.003 (cosine), and there the
 # unguided loops alone are already 1e-2 apart at 64 px, which would hide guidance's own error.
 TOLERANCE = 1e-4
+# Where fastddpm._C's CPU kernels are not used (built for another CPU, or under a forced lower
+# ATEN_CPU_CAPABILITY), the network runs torch's ops: measured on an Intel Xeon (AVX-512, AMX) under
+# ATEN_CPU_CAPABILITY=avx2, 3.5e-6 .. 3.8e-5 up to 256 px but 1.0e-4 and 2.7e-4 (two runs) at 512 px,
+# where the wider net (64 channels) and the larger image leave more float32 error for the scale-300
+# gradient to amplify.
+TORCH_PATH_TOLERANCE_512 = 1e-3
 SCALE = 300.0  # random-init classifiers have gradients of ~1e-3: this moves the images by 0.05 .. 0.3
 MOVES_AT_LEAST = 0.02  # |guided - unguided| must exceed this (200 x the tolerance); measured 0.05 .. 0.31
 
@@ -76,10 +83,10 @@ def guided_pair(case, tmp_path, extra_flags=""):
     return images, unguided, expected
 
 
-def check(images, unguided, expected):
+def check(images, unguided, expected, tolerance=TOLERANCE):
     error = (images - expected).abs().max().item()
     moved = (images - unguided).abs().max().item()
-    assert error < TOLERANCE, error
+    assert error < tolerance, error
     assert moved > MOVES_AT_LEAST, moved
 
 
@@ -91,7 +98,8 @@ def test_guided_sampling_matches_their_classifier_sample(case, tmp_path):
 @pytest.mark.slow  # 512 px on 2 cores
 @pytest.mark.parametrize("case", list(SLOW_CASES))
 def test_guided_sampling_at_512_px_matches_their_classifier_sample(case, tmp_path):
-    check(*guided_pair(case, tmp_path))
+    tolerance = TOLERANCE if backend_ext.cpu_kernels_usable() else TORCH_PATH_TOLERANCE_512
+    check(*guided_pair(case, tmp_path), tolerance)
 
 
 @pytest.mark.parametrize(
