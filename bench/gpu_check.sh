@@ -6,8 +6,9 @@
 # up to 420 s with the build, plus 5 s of grace after each SIGINT. The stages run in the order a first GPU
 # run needs their evidence, each in its own process (a poisoned CUDA context costs one stage): build,
 # kernels (each op against reference.py), the graphed loop, the pipeline against the torch backend, the
-# batch-invariant Triton path, the sanitizers, then two benchmarks. At most 8 files land in $OUT; summary.txt has one line per stage with its
-# limit: "passed", "failed N", "timed out after S s" or "skipped (why)".
+# batch-invariant Triton path, the sanitizers, two benchmarks, then, in whatever time is left,
+# guided-diffusion's guided and upsampling steps. At most 8 files land in $OUT; summary.txt has one line
+# per stage with its limit: "passed", "failed N", "timed out after S s" or "skipped (why)".
 #
 # Before a GPU run, on a CPU machine: bash bench/gpu_prepare.sh (wheels the image lacks, into .whl/).
 # Then, with the device tool: run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540),
@@ -136,6 +137,29 @@ run_stage e2e-bench 40 "$OUT/bench.log" env FASTDDPM_BENCH_COMPILE_BATCHES="" \
 latest=$(ls -t bench/results/*"$(date +%F)"*.json 2>/dev/null | head -n 1)
 if [[ "$DRY" != "1" && -n "$latest" ]]; then
     cp "$latest" "$OUT/"  # the end-to-end results file that bench/e2e_results.py wrote
+fi
+
+# guided-diffusion's cascade, side by side with the reference: one classifier-guided step at 64 px
+# (diffusion forward + classifier forward and backward) and one upsampling step at 256 px, published
+# widths, float32, batch 1. They get only what the stages above left of the 8 minutes (those usually
+# end well inside their limits), and start only with 30 s or more: each first builds ~300-360 M random
+# parameters on the host (5.3 s for the 64 px model and classifier on a 2-core Intel Xeon), then copies
+# them to the GPU and times 1 + 3 steps per side. One JSON file for both, to stay within $OUT's 8 files.
+# The dry run checks that both scripts import.
+cascade_deadline=465
+cascade_limit=$((cascade_deadline - 5 - SECONDS))
+if [[ "$DRY" == "1" ]]; then
+    run_stage cascade-bench 60 "$OUT/bench.log" bash -c \
+        "'$PY' bench/guided_step_bench.py --help && '$PY' bench/upsampling_step_bench.py --help"
+elif ((cascade_limit < 30)); then
+    note "stage cascade-bench: skipped (${cascade_limit} s left of the 8 minutes, 30 s needed)"
+else
+    cascade_dir=$(mktemp -d)
+    run_stage cascade-bench "$cascade_limit" "$OUT/bench.log" bash -c \
+        "'$PY' bench/guided_step_bench.py --size 64 --device cuda --repeats 3 --out '$cascade_dir/guided.json' && \
+         '$PY' bench/upsampling_step_bench.py --size 256 --device cuda --repeats 3 --out '$cascade_dir/upsampling.json'"
+    "$PY" -c 'import json, os, sys; json.dump({name: json.load(open(f"{sys.argv[1]}/{name}.json")) for name in ("guided", "upsampling") if os.path.exists(f"{sys.argv[1]}/{name}.json")}, open(sys.argv[2], "w"), indent=1)' \
+        "$cascade_dir" "$OUT/cascade-steps.json"
 fi
 note "gpu_check done in ${SECONDS} s: $stages_not_passed stage(s) not passed; files in \$OUT: $(ls "$OUT" | wc -l)"
 [[ $stages_not_passed -eq 0 ]]
