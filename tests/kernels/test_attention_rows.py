@@ -119,11 +119,14 @@ def test_tiles_depend_on_the_head_size_only():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("heads, length, head_dim", [(4, 256, 64), (1, 256, 256), (1, 64, 512), (3, 17, 5)])
+# float32 and bf16 (fp16 takes bf16's tensor-core path; the interpreter checks its numbers): each variant
+# compiles in 0.3-3.3 s for sm_90 on a 2-core Intel Xeon (bench/triton_compile_cost.py), inside the
+# kernels stage's limit in bench/gpu_check.sh
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("heads, length, head_dim", [(4, 256, 64), (2, 256, 128), (1, 64, 512), (3, 17, 5)])
 def test_cuda_attention_matches_float64_and_is_batch_invariant(heads, length, head_dim, dtype):
-    """On the GPU, at the U-Nets' sizes (16x16 tokens, heads of 64 / 256 / 512) and batch 32: the
-    programs beside a sample and its place in the launch change, its bits must not."""
+    """On the GPU, at the U-Nets' sizes (16x16 tokens, heads of 64 / 128 / 512 channels: each tile class)
+    and batch 32: the programs beside a sample and its place in the launch change, its bits must not."""
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU")
     q, k, v = (t.cuda() for t in qkv_views(32, heads, length, head_dim, dtype, seed=7))
